@@ -1,0 +1,1 @@
+"""One subpackage per paper; each exports `PAPER` (a `minirepro.registry.Paper`)."""
