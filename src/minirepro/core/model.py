@@ -1,0 +1,556 @@
+"""A small Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache.
+
+Two things are pluggable, by name, so papers can swap them without touching this file:
+
+- the *attention function* used by the attention mixer (`register_attention`): SDPA by
+  default, an explicit-softmax `eager` reference, FlexAttention once `minirepro.papers.flexattn`
+  registers it;
+- the *token mixer* of each layer (`register_mixer`): attention by default; a recurrent mixer
+  (rnn) or a state-space mixer (hybrid) registers its own. `ModelConfig.mixer` may name one
+  mixer for all layers or one per layer.
+
+Weights convert to and from HF `LlamaForCausalLM` (`to_hf`, `from_hf`), so the forward pass
+is tested against transformers' and the real SmolLM2 loads into it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    """Shape and pluggable parts of the decoder.
+
+    `d_ff=None` gives Llama's SwiGLU width: 8/3 · d_model rounded up to a multiple of 32.
+    `head_dim=None` gives d_model // n_head. `n_kv_head=None` means no grouping (MHA).
+    `mixer` is a registered token-mixer name, or a tuple of names, one per layer.
+    `attention` is a registered attention-function name; `mask` names the mask it applies
+    ("causal" everywhere; other names, e.g. "sliding_window_64", where the function knows them).
+    """
+
+    vocab_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None
+    d_model: int = 128
+    head_dim: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    mixer: str | tuple[str, ...] = "attention"
+    attention: str = "sdpa"
+    mask: str = "causal"
+    mixer_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                    "set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if isinstance(self.mixer, list):
+            self.mixer = tuple(self.mixer)
+        if isinstance(self.mixer, tuple) and len(self.mixer) != self.n_layer:
+            raise ValueError(
+                f"mixer lists {len(self.mixer)} names for n_layer={self.n_layer} layers"
+            )
+        for name, value in [
+            ("vocab_size", self.vocab_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("d_model", self.d_model),
+            ("max_seq_len", self.max_seq_len),
+        ]:
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def mixer_of(self, layer: int) -> str:
+        return self.mixer[layer] if isinstance(self.mixer, tuple) else self.mixer
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(d["mixer"], tuple):
+            d["mixer"] = list(d["mixer"])
+        return d
+
+
+# --------------------------------------------------------------------------- attention
+
+
+class AttentionFn(Protocol):
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
+        """q: (B, H, S, D); k, v: (B, H_kv, T, D) with T = q_start + S. Returns (B, H, S, D).
+
+        Query i sits at position q_start + i; keys sit at positions 0..T-1.
+        """
+        ...
+
+
+AttentionFactory = Callable[[ModelConfig], AttentionFn]
+_ATTENTION: dict[str, AttentionFactory] = {}
+
+
+def register_attention(name: str, factory: AttentionFactory) -> None:
+    """Register `factory(cfg) -> attention_fn` under `name` (see `AttentionFn`)."""
+    _ATTENTION[name] = factory
+
+
+def get_attention(cfg: ModelConfig) -> AttentionFn:
+    if cfg.attention not in _ATTENTION:
+        raise ValueError(
+            f"unknown attention {cfg.attention!r}; registered: {sorted(_ATTENTION)}. "
+            "A paper's attention is registered when its package is imported "
+            "(e.g. `import minirepro.papers.flexattn` for 'flex')."
+        )
+    return _ATTENTION[cfg.attention](cfg)
+
+
+def causal_mask(q_start: int, S: int, T: int, device: torch.device | None = None) -> Tensor:
+    """Boolean (S, T) mask, True where query q_start+i may attend to key j (j <= q_start+i)."""
+    q_pos = torch.arange(q_start, q_start + S, device=device)[:, None]
+    return torch.arange(T, device=device)[None, :] <= q_pos
+
+
+def _require_causal(cfg: ModelConfig) -> None:
+    if cfg.mask != "causal":
+        raise ValueError(
+            f"attention {cfg.attention!r} supports mask='causal' only, got {cfg.mask!r}; "
+            "use attention='flex' (minirepro.papers.flexattn) for other masks"
+        )
+
+
+def _sdpa_factory(cfg: ModelConfig) -> AttentionFn:
+    _require_causal(cfg)
+
+    def sdpa(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
+        S, T = q.shape[2], k.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        if q_start == 0 and S == T:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if S == 1:  # one decoding step sees every cached key
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        mask = causal_mask(q_start, S, T, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+    return sdpa
+
+
+def _eager_factory(cfg: ModelConfig) -> AttentionFn:
+    _require_causal(cfg)
+
+    def eager(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
+        group = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(group, dim=1)  # (B, H, T, D)
+        v = v.repeat_interleave(group, dim=1)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, S, T)
+        mask = causal_mask(q_start, q.shape[2], k.shape[2], q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1) @ v
+
+    return eager
+
+
+register_attention("sdpa", _sdpa_factory)
+register_attention("eager", _eager_factory)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 whatever the input dtype, as Llama does.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (*positions.shape, head_dim) in the rotate-half layout of HF Llama."""
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim
+    )
+    freqs = positions.float()[..., None] * inv_freq  # (..., head_dim/2)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, S, D); cos, sin: (S, D) or (B, 1, S, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, d_ff, bias=False)
+        self.w_up = nn.Linear(d_model, d_ff, bias=False)
+        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+@dataclass
+class MixerInput:
+    """What a token mixer receives besides x: positions and its cache slot.
+
+    cos, sin: RoPE tables for the S new positions, (S, head_dim).
+    start_pos: position of the first new token. cache: this layer's state or None.
+    """
+
+    cos: Tensor
+    sin: Tensor
+    start_pos: int
+    cache: Any = None
+
+
+class KVCache:
+    """Preallocated keys and values of one attention layer: (B, H_kv, max_len, D) each."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H_kv, S, D) at [start, start+S); return all keys/values so far."""
+        end = start + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions, asked for {end}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search, dropping finished sequences)."""
+        self.k, self.v = self.k[index], self.v[index]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE; the attention function is pluggable."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.attn_fn = get_attention(cfg)
+
+    def new_cache(self, batch_size: int, max_len: int, device, dtype) -> KVCache:
+        return KVCache(batch_size, self.n_kv_head, max_len, self.head_dim, device, dtype)
+
+    def forward(self, x: Tensor, inp: MixerInput) -> Tensor:
+        B, S, _ = x.shape
+        q = self.wq(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        k = self.wk(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        v = self.wv(x).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, inp.cos, inp.sin), apply_rope(k, inp.cos, inp.sin)
+        if inp.cache is not None:
+            k, v = inp.cache.update(inp.start_pos, k, v)  # (B, Hkv, start+S, D)
+        elif inp.start_pos != 0:
+            raise ValueError("start_pos > 0 needs a cache holding the earlier keys")
+        y = self.attn_fn(q, k, v, q_start=inp.start_pos)  # (B, H, S, D)
+        return self.wo(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim))
+
+
+MixerFactory = Callable[[ModelConfig, int], nn.Module]
+_MIXERS: dict[str, MixerFactory] = {"attention": Attention}
+
+
+def register_mixer(name: str, factory: MixerFactory) -> None:
+    """Register a token mixer: `factory(cfg, layer) -> nn.Module`.
+
+    The module's `forward(x (B, S, d_model), inp: MixerInput) -> (B, S, d_model)` mixes
+    along the sequence, causally; `new_cache(batch_size, max_len, device, dtype)` returns its
+    per-layer state for incremental decoding (carried in `inp.cache`).
+    """
+    _MIXERS[name] = factory
+
+
+def make_mixer(cfg: ModelConfig, layer: int) -> nn.Module:
+    name = cfg.mixer_of(layer)
+    if name not in _MIXERS:
+        raise ValueError(
+            f"unknown token mixer {name!r} for layer {layer}; registered: {sorted(_MIXERS)}"
+        )
+    return _MIXERS[name](cfg, layer)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = make_mixer(cfg, layer)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x: Tensor, inp: MixerInput) -> Tensor:
+        x = x + self.mixer(self.norm1(x), inp)
+        return x + self.mlp(self.norm2(x))
+
+
+class Cache:
+    """Per-layer decoding state of a whole model, and how many positions it holds."""
+
+    def __init__(self, layers: list[Any], max_len: int) -> None:
+        self.layers = layers
+        self.max_len = max_len
+        self.pos = 0
+
+    def reorder(self, index: Tensor) -> None:
+        for c in self.layers:
+            c.reorder(index)
+
+    def crop(self, length: int) -> None:
+        """Forget positions >= length (speculative decoding rejects drafted tokens).
+
+        Attention caches only need the position moved back; stateful mixers must
+        implement `crop(length)` themselves.
+        """
+        if not 0 <= length <= self.pos:
+            raise ValueError(f"crop length {length} outside [0, {self.pos}]")
+        for c in self.layers:
+            if hasattr(c, "crop"):
+                c.crop(length)
+            elif not isinstance(c, KVCache):
+                raise TypeError(f"{type(c).__name__} cannot be cropped")
+        self.pos = length
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model.
+
+    Example:
+        >>> model = Transformer(ModelConfig(vocab_size=100, n_layer=2, d_model=64, n_head=4))
+        >>> logits = model(torch.randint(0, 100, (2, 10)))  # (2, 10, 100)
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2·n_layer)
+        (GPT-2's rule, so the residual stream's variance does not grow with depth)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.ndim < 2:  # norm gains (and any bias a plugged-in mixer adds) keep their init
+                continue
+            residual_out = name.endswith(("wo.weight", "w_down.weight"))
+            nn.init.normal_(
+                p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer) if residual_out else std
+            )
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights counted once
+        return n - self.embed.weight.numel() if exclude_embeddings else n
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+        """Empty decoding state for `batch_size` sequences of up to `max_len` positions."""
+        max_len = max_len or self.cfg.max_seq_len
+        p = self.embed.weight
+        layers = [b.mixer.new_cache(batch_size, max_len, p.device, p.dtype) for b in self.layers]
+        return Cache(layers, max_len)
+
+    def forward(
+        self, idx: Tensor, cache: Cache | None = None, *, return_hidden: bool = False
+    ) -> Tensor:
+        """Logits (B, S, vocab_size) for token ids idx (B, S).
+
+        With a cache, idx continues the sequences the cache holds and the cache advances by S.
+        With return_hidden, returns the final normalised hidden states (B, S, d_model) instead.
+        """
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, seq) token ids, got shape {tuple(idx.shape)}")
+        B, S = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + S > (cache.max_len if cache is not None else self.cfg.max_seq_len):
+            limit = cache.max_len if cache is not None else self.cfg.max_seq_len
+            raise ValueError(f"sequence of {start + S} positions exceeds the limit of {limit}")
+        if S and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size})")
+        x = self.embed(idx)  # (B, S, d_model)
+        cos, sin = rope_cos_sin(
+            torch.arange(start, start + S, device=idx.device),
+            self.cfg.head_dim,
+            self.cfg.rope_theta,
+            x.dtype,
+        )
+        for i, block in enumerate(self.layers):
+            inp = MixerInput(cos, sin, start, cache.layers[i] if cache is not None else None)
+            x = block(x, inp)
+        if cache is not None:
+            cache.pos = start + S
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+
+# --------------------------------------------------------------------------- HF Llama
+
+
+def _hf_names(cfg: ModelConfig) -> dict[str, str]:
+    """Our parameter name -> HF LlamaForCausalLM name (attention layers only)."""
+    names = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    if not cfg.tie_embeddings:
+        names["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.n_layer):
+        if cfg.mixer_of(i) != "attention":
+            raise ValueError(
+                f"layer {i} uses mixer {cfg.mixer_of(i)!r}; HF Llama has attention only"
+            )
+        ours, hf = f"layers.{i}.", f"model.layers.{i}."
+        names |= {
+            ours + "norm1.weight": hf + "input_layernorm.weight",
+            ours + "norm2.weight": hf + "post_attention_layernorm.weight",
+            ours + "mixer.wq.weight": hf + "self_attn.q_proj.weight",
+            ours + "mixer.wk.weight": hf + "self_attn.k_proj.weight",
+            ours + "mixer.wv.weight": hf + "self_attn.v_proj.weight",
+            ours + "mixer.wo.weight": hf + "self_attn.o_proj.weight",
+            ours + "mlp.w_gate.weight": hf + "mlp.gate_proj.weight",
+            ours + "mlp.w_up.weight": hf + "mlp.up_proj.weight",
+            ours + "mlp.w_down.weight": hf + "mlp.down_proj.weight",
+        }
+    return names
+
+
+def to_hf_config(cfg: ModelConfig):
+    """The `transformers.LlamaConfig` of the same architecture."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+    )
+
+
+def config_from_hf(hf_config, **overrides: Any) -> ModelConfig:
+    """ModelConfig of an HF LlamaConfig (default RoPE only)."""
+    rope = (
+        getattr(hf_config, "rope_parameters", None)
+        or getattr(hf_config, "rope_scaling", None)
+        or {}
+    )
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ValueError(f"RoPE type {rope['rope_type']!r} is not supported")
+    theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
+        raise ValueError("Llama variants with attention or MLP biases are not supported")
+    if getattr(hf_config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {hf_config.hidden_act!r} is not supported (SwiGLU uses silu)")
+    kw = dict(
+        vocab_size=hf_config.vocab_size,
+        n_layer=hf_config.num_hidden_layers,
+        n_head=hf_config.num_attention_heads,
+        n_kv_head=hf_config.num_key_value_heads,
+        d_model=hf_config.hidden_size,
+        head_dim=getattr(hf_config, "head_dim", None)
+        or hf_config.hidden_size // hf_config.num_attention_heads,
+        d_ff=hf_config.intermediate_size,
+        max_seq_len=hf_config.max_position_embeddings,
+        rope_theta=float(theta),
+        norm_eps=hf_config.rms_norm_eps,
+        tie_embeddings=bool(hf_config.tie_word_embeddings),
+    )
+    return ModelConfig(**(kw | overrides))
+
+
+def state_dict_from_hf(hf_state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Rename an HF Llama state dict to ours; raises on missing tensors or wrong shapes."""
+    out = {}
+    for ours, hf in _hf_names(cfg).items():
+        if hf not in hf_state:
+            raise KeyError(f"HF state dict lacks {hf!r}")
+        out[ours] = hf_state[hf]
+    return out
+
+
+def from_hf(hf_model, **overrides: Any) -> Transformer:
+    """Our Transformer with the weights of an HF `LlamaForCausalLM` (in float32)."""
+    cfg = config_from_hf(hf_model.config, **overrides)
+    model = Transformer(cfg)
+    sd = state_dict_from_hf({k: v.float() for k, v in hf_model.state_dict().items()}, cfg)
+    model.load_state_dict(sd, strict=False)
+    missing = (
+        set(model.state_dict()) - set(sd) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+    )
+    if missing:
+        raise KeyError(f"weights missing after conversion: {sorted(missing)[:5]}")
+    return model
+
+
+def to_hf(model: Transformer):
+    """An HF `LlamaForCausalLM` with this model's weights (attention-only configs)."""
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM(to_hf_config(model.cfg))
+    ours = model.state_dict()
+    hf_sd = {hf_name: ours[name] for name, hf_name in _hf_names(model.cfg).items()}
+    result = hf.load_state_dict(hf_sd, strict=False)
+    unexpected_missing = [k for k in result.missing_keys if k != "lm_head.weight"]
+    if unexpected_missing:
+        raise KeyError(f"HF weights left unset: {unexpected_missing[:5]}")
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
+    return hf.to(model.embed.weight.dtype).eval()
