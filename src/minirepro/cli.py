@@ -1,0 +1,246 @@
+"""The `minirepro` command line: list, run, bench, report.
+
+    minirepro list
+    minirepro run flow --preset smoke -o n_steps=200
+    minirepro run all
+    minirepro bench flexattn
+    minirepro report runs/
+
+Heavy libraries (torch, matplotlib) are imported by the papers when they run, not here,
+so `minirepro --help` and `minirepro list` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from minirepro import registry
+from minirepro.core.results import Result, RunDir, jsonable
+
+app = typer.Typer(
+    help="Much-discussed ML papers: CPU-sized reproductions, benchmarks and a report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # src/minirepro/cli.py -> repository
+_VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Root folder of run folders.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Prints a one-line red error and returns the Exit to raise."""
+    err_console.print(Text.assemble(("error: ", "bold red"), (message, "red")), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _run_paper(
+    paper: registry.Paper, cfg: Any, preset: str, runs_dir: Path
+) -> tuple[RunDir, list[Result]]:
+    """Runs the paper into a new RunDir and writes result.json."""
+    out = RunDir(paper.id, cfg, root=runs_dir, preset=preset)
+    results = paper.run(cfg, out)
+    if not isinstance(results, list) or not all(isinstance(r, Result) for r in results):
+        raise TypeError(f"{paper.id}: run() must return a list of Result, got {results!r}")
+    out.write_results(results)
+    return out, results
+
+
+def _results_table(rows: list[tuple[str, Result | str]]) -> Table:
+    """One row per Result; a str in place of a Result is an error message."""
+    table = Table(title="minirepro results")
+    for name in ("paper", "claim", "paper's value", "ours (mean ± std)", "verdict"):
+        table.add_column(name, overflow="fold")
+    for paper_id, item in rows:
+        if isinstance(item, Result):
+            cells = [item.claim, item.format_paper_value(), item.format_measured()]
+            verdict = item.verdict
+        else:
+            cells, verdict = [item, "", ""], "error"
+        table.add_row(paper_id, *cells, Text(verdict, _VERDICT_STYLE[verdict]))
+    return table
+
+
+@app.command("list")
+def list_papers() -> None:
+    """List the papers: id, title, arXiv link, status."""
+    table = Table(title="minirepro papers")
+    table.add_column("id", no_wrap=True)
+    table.add_column("title", overflow="fold")
+    table.add_column("arXiv", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for row in registry.all_papers():
+        style = "green" if row.paper else ("red" if row.error else "dim")
+        table.add_row(row.id, row.title, row.link, Text(row.status, style))
+    console.print(table)
+
+
+@app.command()
+def run(
+    paper_id: Annotated[str, typer.Argument(help="A paper id (see `minirepro list`), or 'all'.")],
+    preset: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes), full.")] = "quick",
+    seed: Annotated[int | None, typer.Option(help="Base seed (replaces the preset's).")] = None,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--override", "-o", help="Config override key=value; repeatable."),
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """Run a paper's reproduction (or all of them) and print the verdicts."""
+    overrides = override or []
+    if paper_id == "all":
+        if overrides:
+            raise _fail("-o overrides name one paper's config keys; not allowed with 'all'")
+        _run_all(preset, seed, runs_dir)
+        return
+    try:
+        paper = registry.get_paper(paper_id)
+        cfg = registry.make_config(paper, preset, seed=seed, overrides=overrides)
+    except registry.RegistryError as exc:
+        raise _fail(str(exc)) from None
+    except registry.PaperImportError as exc:
+        err_console.print("".join(traceback.format_exception(exc.__cause__ or exc)))
+        raise _fail(str(exc), code=1) from None
+    out, results = _run_paper(paper, cfg, preset, runs_dir)
+    console.print(_results_table([(paper.id, r) for r in results]))
+    console.print(f"run folder: {out.path}")
+
+
+def _run_all(preset: str, seed: int | None, runs_dir: Path) -> None:
+    """Runs every implemented paper; one paper's error does not stop the others."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from minirepro.core.report import load_run, write_report
+
+    todo = [row for row in registry.all_papers() if row.paper or row.error]
+    if not todo:
+        console.print("No paper is implemented yet: nothing to run.")
+        return
+    summary = RunDir(
+        "all",
+        {"preset": preset, "seed": seed, "papers": [row.id for row in todo]},
+        root=runs_dir,
+        preset=preset,
+    )
+    rows: list[tuple[str, Result | str]] = []
+    run_dirs: list[Path] = []
+    errors: dict[str, str] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("", total=len(todo))
+        for row in todo:
+            progress.update(task, description=f"running {row.id}")
+            try:
+                if row.error is not None:
+                    raise row.error
+                assert row.paper is not None
+                cfg = registry.make_config(row.paper, preset, seed=seed)
+                out, results = _run_paper(row.paper, cfg, preset, runs_dir)
+            except Exception as exc:
+                errors[row.id] = f"{type(exc).__name__}: {exc}"
+                rows.append((row.id, errors[row.id]))
+                with (summary.path / "errors.log").open("a") as f:
+                    f.write(f"== {row.id}\n{traceback.format_exc()}\n")
+                progress.console.print(
+                    Text(f"{row.id} failed: {errors[row.id]} (traceback in errors.log)", "red")
+                )
+            else:
+                rows += [(row.id, r) for r in results]
+                run_dirs.append(out.path)
+            progress.advance(task)
+        progress.update(task, description="done")
+
+    with (summary.path / "results.jsonl").open("w") as f:
+        for paper_id, item in rows:
+            if isinstance(item, Result):
+                f.write(json.dumps(jsonable({"paper": paper_id, **item.to_dict()})) + "\n")
+    md, html = write_report(
+        [load_run(p) for p in run_dirs],
+        summary.path,
+        papers=registry.paper_meta(),
+        errors=errors,
+    )
+    console.print(_results_table(rows))
+    console.print(f"summary: {summary.path}\nreport: {md}\n        {html}")
+    if errors:
+        raise _fail(f"{len(errors)} of {len(todo)} papers failed: {', '.join(errors)}", code=1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    paper_id: Annotated[str, typer.Argument(help="A paper id.")],
+) -> None:
+    """Run a paper's benchmark: benchmarks/<id>.py, else the package's bench.main().
+
+    Extra arguments are passed on to the benchmark.
+    """
+    if paper_id not in registry.known_ids():
+        try:
+            registry.get_paper(paper_id)  # raises the message with suggestions
+        except registry.RegistryError as exc:
+            raise _fail(str(exc)) from None
+    script = _REPO_ROOT / "benchmarks" / f"{paper_id}.py"
+    if script.is_file():
+        rc = subprocess.call([sys.executable, str(script), *ctx.args])
+        raise typer.Exit(rc)
+    name = f"minirepro.papers.{paper_id}.bench"
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        spec = None
+    main = getattr(importlib.import_module(name), "main", None) if spec else None
+    if main is None:
+        raise _fail(f"{paper_id} has no benchmark: neither {script} nor {name}.main() exists")
+    rc: Any = main(ctx.args) if ctx.args else main()
+    raise typer.Exit(rc if isinstance(rc, int) else 0)
+
+
+@app.command()
+def report(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs root to collect.")] = Path("runs"),
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md/html (default: RUNS_DIR).")
+    ] = None,
+    all_runs: Annotated[
+        bool, typer.Option("--all", help="Every run, not only the latest per paper.")
+    ] = False,
+) -> None:
+    """Build report.md and a self-contained report.html from run folders."""
+    from minirepro.core.report import collect_runs, write_report
+
+    if not runs_dir.is_dir():
+        raise _fail(f"no such runs folder: {runs_dir}")
+    try:
+        runs = collect_runs(runs_dir, all_runs=all_runs)
+    except ValueError as exc:
+        raise _fail(str(exc), code=1) from None
+    if not runs:
+        raise _fail(f"no result.json under {runs_dir}", code=1)
+    md, html = write_report(runs, out or runs_dir, papers=registry.paper_meta())
+    console.print(f"{md}\n{html}")
+
+
+if __name__ == "__main__":
+    app()
