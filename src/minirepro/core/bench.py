@@ -308,7 +308,8 @@ class BenchReport:
         from rich.table import Table
         from rich.text import Text
 
-        console = console or Console()
+        # Piped output (CI logs, `| tail`) gets a wide table rather than rich's 80 columns.
+        console = console or Console(width=None if sys.stdout.isatty() else 200)
         columns: dict[str, None] = {}
         for row in self.cases:
             columns.update(dict.fromkeys(row))
