@@ -29,7 +29,7 @@ class PiConfig:
 def estimate_pi(cfg: PiConfig, out: RunDir) -> list[Result]:
     """Estimates pi by Monte Carlo: the fraction of uniform points inside the unit circle."""
     estimates = []
-    for seed in cfg.seeds:
+    for seed in out.track(cfg.seeds, "seeds"):  # a progress bar under the CLI
         xy = np.random.default_rng(seed).random((cfg.n, 2))  # (n, 2)
         inside = (xy**2).sum(axis=1) <= 1.0
         estimates.append(4 * inside.mean())

@@ -50,11 +50,30 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=console)
+
+
 def _run_paper(
-    paper: registry.Paper, cfg: Any, preset: str, runs_dir: Path
+    paper: registry.Paper, cfg: Any, preset: str, runs_dir: Path, progress: Any = None
 ) -> tuple[RunDir, list[Result]]:
-    """Runs the paper into a new RunDir and writes result.json."""
+    """Runs the paper into a new RunDir (with `progress` for its bars), writes result.json."""
     out = RunDir(paper.id, cfg, root=runs_dir, preset=preset)
+    out.progress = progress
     results = paper.run(cfg, out)
     if not isinstance(results, list) or not all(isinstance(r, Result) for r in results):
         raise TypeError(f"{paper.id}: run() must return a list of Result, got {results!r}")
@@ -117,15 +136,14 @@ def run(
     except registry.PaperImportError as exc:
         err_console.print("".join(traceback.format_exception(exc.__cause__ or exc)))
         raise _fail(str(exc), code=1) from None
-    out, results = _run_paper(paper, cfg, preset, runs_dir)
+    with _progress() as progress:
+        out, results = _run_paper(paper, cfg, preset, runs_dir, progress)
     console.print(_results_table([(paper.id, r) for r in results]))
     console.print(f"run folder: {out.path}")
 
 
 def _run_all(preset: str, seed: int | None, runs_dir: Path) -> None:
     """Runs every implemented paper; one paper's error does not stop the others."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from minirepro.core.report import load_run, write_report
 
     todo = [row for row in registry.all_papers() if row.paper or row.error]
@@ -141,13 +159,7 @@ def _run_all(preset: str, seed: int | None, runs_dir: Path) -> None:
     rows: list[tuple[str, Result | str]] = []
     run_dirs: list[Path] = []
     errors: dict[str, str] = {}
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _progress() as progress:
         task = progress.add_task("", total=len(todo))
         for row in todo:
             progress.update(task, description=f"running {row.id}")
@@ -156,7 +168,7 @@ def _run_all(preset: str, seed: int | None, runs_dir: Path) -> None:
                     raise row.error
                 assert row.paper is not None
                 cfg = registry.make_config(row.paper, preset, seed=seed)
-                out, results = _run_paper(row.paper, cfg, preset, runs_dir)
+                out, results = _run_paper(row.paper, cfg, preset, runs_dir, progress)
             except Exception as exc:
                 errors[row.id] = f"{type(exc).__name__}: {exc}"
                 rows.append((row.id, errors[row.id]))

@@ -203,3 +203,18 @@ def test_run_dirs_in_the_same_second_differ(tmp_path) -> None:
 def test_git_info_outside_a_repo(tmp_path) -> None:
     info = git_info(tmp_path)
     assert info.sha is None and info.dirty is None and info.short is None
+
+
+def test_track_is_a_plain_loop_without_progress_and_advances_with_it(tmp_path):
+    from rich.progress import Progress
+
+    out = RunDir("toy", {"a": 1}, root=tmp_path)
+    assert list(out.track(range(3), "steps")) == [0, 1, 2]
+    with Progress(disable=True) as progress:
+        out.progress = progress
+        seen = []
+        for i in out.track(range(4), "steps"):
+            seen.append(i)
+            [task] = progress.tasks
+            assert task.completed == i and task.total == 4
+        assert seen == [0, 1, 2, 3] and not progress.tasks  # the bar is removed when done

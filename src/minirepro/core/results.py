@@ -24,7 +24,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -399,6 +399,7 @@ class RunDir:
         name = f"{utc_stamp()}-{git.short or 'nogit'}"
         self.paper_id = paper_id
         self.preset = preset
+        self.progress: Any = None  # a rich Progress, attached by the CLI (see `track`)
         self.path = _new_dir(Path(root) / paper_id, name)
         _write_json(self.config_path, config)
         _write_json(self.env_path, environment(git))
@@ -425,6 +426,28 @@ class RunDir:
     @property
     def result_path(self) -> Path:
         return self.path / "result.json"
+
+    def track(
+        self, items: Iterable[Any], description: str, total: int | None = None
+    ) -> Iterator[Any]:
+        """Iterates over `items`, advancing a progress bar when the CLI attached one.
+
+        `self.progress` is a `rich.progress.Progress` set by `minirepro run`; called from
+        Python (tests, notebooks) it is None and this is a plain loop, so reproductions stay
+        free of display code.
+        """
+        if self.progress is None:
+            yield from items
+            return
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        task = self.progress.add_task(f"{self.paper_id}: {description}", total=total)
+        try:
+            for item in items:
+                yield item
+                self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
 
     def log(self, **metrics: Any) -> None:
         """Appends one JSON line of metrics, e.g. `out.log(step=10, loss=loss)`.
