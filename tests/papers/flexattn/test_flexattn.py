@@ -1,0 +1,238 @@
+"""FlexAttention: API parity with torch's flex_attention, dense oracle, gradients, paged."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import flex_attention as ref
+
+from minirepro.core.model import ModelConfig, Transformer
+from minirepro.core.results import RunDir
+from minirepro.papers.flexattn import (
+    PAPER,
+    PagedAttention,
+    and_masks,
+    create_block_mask,
+    create_mask,
+    flex_attention,
+    make_alibi,
+    make_causal,
+    make_document,
+    make_prefix_lm,
+    make_sliding_window,
+    make_softcap,
+    noop_mask,
+    or_masks,
+    parse_variant,
+)
+from minirepro.papers.flexattn.reference import dense_flex_attention
+
+MASKS = {
+    "causal": make_causal(),
+    "sliding_window": make_sliding_window(37),
+    "prefix_lm": make_prefix_lm(50),
+    "document": make_document([0, 30, 31, 100, 170, 300]),
+    "or": or_masks(make_sliding_window(10), make_prefix_lm(20)),
+    "and": and_masks(make_causal(), lambda b, h, q, kv: (kv % 5) != 0),
+    "per_head": lambda b, h, q, kv: (q - kv >= 0) & (q - kv <= 16 * (h + 1)),
+    "noop": noop_mask,
+}
+SCORE_MODS = {"none": None, "alibi": make_alibi(4), "softcap": make_softcap(2.0)}
+
+
+def _qkv(B, H, Hkv, S, T, D, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, S, D, generator=g)
+    k, v = (torch.randn(B, Hkv, T, D, generator=g) for _ in range(2))
+    return [x.requires_grad_(grad) for x in (q, k, v)]
+
+
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("score", SCORE_MODS)
+def test_forward_backward_match_dense_oracle(mask, score):
+    B, H, Hkv, S, D = 2, 4, 2, 300, 16  # GQA, S not a multiple of the block size
+    mm, sm = MASKS[mask], SCORE_MODS[score]
+    q, k, v = _qkv(B, H, Hkv, S, S, D, seed=hash(mask + score) % 1000, grad=True)
+    bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
+    out, lse = flex_attention(q, k, v, sm, bm, enable_gqa=True, return_lse=True)
+    exp_out, exp_lse = dense_flex_attention(q, k, v, sm, mm)
+    torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(exp_out, (q, k, v), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("S,T,block", [(1, 77, 16), (130, 257, 64), (64, 64, 128), (200, 90, 32)])
+def test_random_shapes_match_sdpa(S, T, block):
+    mm = make_sliding_window(40) if S <= T else noop_mask
+    q, k, v = _qkv(1, 3, 3, S, T, 8, seed=S + T)
+    bm = create_block_mask(mm, None, None, S, T, BLOCK_SIZE=block)
+    mask = create_mask(mm, 1, 1, S, T)
+    expect = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).nan_to_num(0.0)
+    torch.testing.assert_close(flex_attention(q, k, v, block_mask=bm), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_score_mod_parameter_gradients():
+    B, H, S, D = 2, 2, 150, 8
+    bias = torch.randn(H, 2 * S, requires_grad=True)
+
+    def rel_bias(score, b, h, q_idx, kv_idx):
+        return score + bias[h, q_idx - kv_idx + S]
+
+    q, k, v = _qkv(B, H, H, S, S, D, grad=True)
+    bm = create_block_mask(make_causal(), None, None, S, S, BLOCK_SIZE=32)
+    out = flex_attention(q, k, v, rel_bias, bm)
+    exp, _ = dense_flex_attention(q, k, v, rel_bias, make_causal())
+    torch.testing.assert_close(out, exp, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v, bias), do)
+    want = torch.autograd.grad(exp, (q, k, v, bias), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("score", [None, make_softcap(3.0)])
+def test_fully_masked_rows_give_zero_and_neg_inf(score):
+    def every_other_row(b, h, q, kv):
+        return (q % 2 == 0) & (kv <= q)
+
+    q, k, v = _qkv(1, 2, 2, 100, 100, 8, grad=True)
+    bm = create_block_mask(every_other_row, None, None, 100, 100, BLOCK_SIZE=16)
+    out, lse = flex_attention(q, k, v, score, bm, return_lse=True)
+    assert torch.equal(out[:, :, 1::2], torch.zeros_like(out[:, :, 1::2]))
+    assert torch.isneginf(lse[:, :, 1::2]).all() and torch.isfinite(lse[:, :, ::2]).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(grads[0][:, :, 1::2], torch.zeros_like(grads[0][:, :, 1::2]))
+
+
+@pytest.mark.parametrize("mask", ["causal", "sliding_window", "document", "or", "per_head"])
+@pytest.mark.parametrize("S,T,block", [(300, 300, 64), (256, 384, 128), (1000, 1000, 128)])
+def test_block_mask_tensors_equal_reference(mask, S, T, block):
+    mm = MASKS[mask]
+    if mask == "document" and T > 300:
+        mm = make_document([0, 100, T // 2 + 1, T - 10, T])
+    B, H = (2, 4) if mask == "per_head" else (None, None)
+    ours = create_block_mask(mm, B, H, S, T, BLOCK_SIZE=block)
+    theirs = ref.create_block_mask(mm, B, H, S, T, device="cpu", BLOCK_SIZE=block)
+    for name in (
+        "kv_num_blocks",
+        "kv_indices",
+        "full_kv_num_blocks",
+        "full_kv_indices",
+        "q_num_blocks",
+        "q_indices",
+        "full_q_num_blocks",
+        "full_q_indices",
+    ):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    assert ours.sparsity() == pytest.approx(theirs.sparsity())
+    assert torch.equal(ours.to_dense(), theirs.to_dense())
+    assert ours.to_string() == theirs.to_string()
+    assert ours.shape == theirs.shape
+    assert torch.equal(create_mask(mm, B, H, S, T), ref.create_mask(mm, B, H, S, T, "cpu"))
+
+
+def test_causal_block_structure():
+    bm = create_block_mask(make_causal(), None, None, 1024, 1024)
+    assert bm.kv_num_blocks.flatten().tolist() == [1] * 8
+    assert bm.full_kv_num_blocks.flatten().tolist() == list(range(8))
+    assert bm.sparsity() == pytest.approx(100 * (1 - 36 / 64))
+    assert make_sliding_window(64).__name__ == "sliding_window_64"
+
+
+@pytest.fixture(scope="module")
+def compiled_reference():
+    """torch's flex_attention compiled for the CPU: 15-35 s per new score_mod, so few cases."""
+    return torch.compile(ref.flex_attention)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mask,score", [("document", "none"), ("sliding_window", "softcap"), ("or", "none")]
+)
+def test_forward_matches_compiled_reference(compiled_reference, mask, score):
+    S = 300
+    mm, sm = MASKS[mask], SCORE_MODS[score]
+    q, k, v = _qkv(1, 4, 4, S, S, 16, seed=3)
+    bm = create_block_mask(mm, None, None, S, S)
+    rbm = ref.create_block_mask(mm, None, None, S, S, device="cpu")
+    out = flex_attention(q, k, v, sm, bm)
+    with torch.no_grad():  # the reference compiles inference only on the CPU, without lse
+        r_out = compiled_reference(q, k, v, sm, block_mask=rbm)
+    torch.testing.assert_close(out, r_out, atol=1e-5, rtol=1e-5)
+
+
+def test_paged_attention_equals_contiguous_exactly():
+    B, H, D, page = 3, 2, 16, 32
+    lens = torch.tensor([70, 100, 45])
+    T = int(lens.max())
+    pa = PagedAttention(n_pages=16, page_size=page, max_batch_size=B)
+    for step in range(0, T, page):  # interleaved growth scatters the pages
+        for b in range(B):
+            if step < lens[b]:
+                pa.reserve(b, min(step + page, int(lens[b])))
+    q, k, v = _qkv(B, H, H, T, T, D)
+    k_cache, v_cache = torch.zeros(1, H, 16 * page, D), torch.zeros(1, H, 16 * page, D)
+    for b in range(B):
+        n = int(lens[b])
+        pos = torch.arange(n)[None]
+        pa.assign(
+            torch.tensor([b]), pos, k[b : b + 1, :, :n], v[b : b + 1, :, :n], k_cache, v_cache
+        )
+
+    def in_seq(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (kv_idx < lens[b])
+
+    for mm in (in_seq, and_masks(in_seq, make_sliding_window(40))):
+        bm = create_block_mask(mm, B, None, T, T, BLOCK_SIZE=page)
+        pbm = pa.convert_logical_block_mask(bm)
+        for sm in (None, make_softcap(3.0)):
+            assert torch.equal(
+                flex_attention(q, k, v, sm, bm), flex_attention(q, k_cache, v_cache, sm, pbm)
+            )
+    pa.erase(1)
+    assert (pa.page_table[1] == -1).all() and len(pa.empty_pages) == 16 - 5
+
+
+@pytest.mark.parametrize("mask", ["causal", "sliding_window_8", "prefix_lm_6", "document_10"])
+def test_core_model_flex_equals_dense_and_decodes(mask):
+    torch.manual_seed(0)
+    kw = dict(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, d_model=32, mask=mask)
+    flex = Transformer(ModelConfig(attention="flex", mixer_kwargs={"flex_block_size": 8}, **kw))
+    dense = Transformer(ModelConfig(attention="flex_dense", **kw))
+    dense.load_state_dict(flex.state_dict())
+    x = torch.randint(0, 40, (2, 30))
+    torch.testing.assert_close(flex(x), dense(x), atol=1e-5, rtol=1e-5)
+    if mask == "causal":
+        sdpa = Transformer(ModelConfig(attention="sdpa", **kw))
+        sdpa.load_state_dict(flex.state_dict())
+        torch.testing.assert_close(flex(x), sdpa(x), atol=1e-5, rtol=1e-5)
+    # Decoding with the KV cache, one token at a time after a prompt, equals a full forward.
+    cache = flex.new_cache(2, 30) if hasattr(flex, "new_cache") else None
+    if cache is None:
+        pytest.skip("Transformer has no new_cache")
+    logits = [flex(x[:, :20], cache=cache)]
+    for t in range(20, 30):
+        logits.append(flex(x[:, t : t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(logits, 1), dense(x), atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_mask_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown attention variant 'diagonal_3'"):
+        Transformer(ModelConfig(attention="flex", mask="diagonal_3"))
+    mm, sm = parse_variant("sliding_window_64+softcap_30")
+    assert mm.__name__ == "sliding_window_64" and sm.__name__ == "softcap_30"
+
+
+def test_smoke_preset_end_to_end(tmp_path):
+    cfg = PAPER.presets["smoke"]
+    results = PAPER.run(cfg, RunDir("flexattn", cfg, root=tmp_path))
+    by_claim = {r.claim: r for r in results}
+    gap = next(r for c, r in by_claim.items() if c.startswith("max |loss"))
+    assert gap.verdict == "pass" and gap.mean < 1e-3
+    assert all(math.isfinite(r.mean) for r in results)

@@ -1,0 +1,131 @@
+"""The Triton FlexAttention forward under TRITON_INTERPRET=1, against the CPU path and the
+dense oracle. Tiny shapes: the interpreter runs every program in Python."""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton (and the kernel module) is imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed (pip install 'triton>=3.4,<3.9')")
+
+from minirepro.papers.flexattn import (  # noqa: E402
+    and_masks,
+    create_block_mask,
+    flex_attention,
+    make_alibi,
+    make_causal,
+    make_document,
+    make_prefix_lm,
+    make_sliding_window,
+    make_softcap,
+    noop_mask,
+    parse_variant,
+)
+from minirepro.papers.flexattn.reference import dense_flex_attention  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+TRITON = {"backend": "triton"}
+
+
+def per_head(b, h, q_idx, kv_idx):
+    return (q_idx >= kv_idx) & (q_idx - kv_idx <= 8 * (h + 1))
+
+
+def late_start(b, h, q_idx, kv_idx):
+    """Causal, but queries before 20 see nothing: fully masked rows."""
+    return (q_idx >= kv_idx) & (q_idx >= 20)
+
+
+CASES = {
+    "causal": (make_causal(), None),
+    "sliding_window": (make_sliding_window(13), None),
+    "prefix_lm": (make_prefix_lm(21), None),
+    "document": (make_document([0, 17, 18, 50, 77]), None),
+    "document_len": (parse_variant("document_24")[0], None),
+    "per_head": (per_head, None),
+    "noop": (noop_mask, None),
+    "fully_masked_rows": (late_start, None),
+    "alibi": (make_causal(), make_alibi(2)),
+    "softcap": (make_sliding_window(20), make_softcap(2.0)),
+}
+
+
+def _qkv(B, H, Hkv, S, T, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, S, D, generator=g)
+    k, v = (torch.randn(B, Hkv, T, D, generator=g) for _ in range(2))
+    return q, k, v
+
+
+def _check(mm, sm, S, T, block, B=1, H=2, Hkv=1, D=16, seed=0):
+    q, k, v = _qkv(B, H, Hkv, S, T, D, seed)
+    bm = create_block_mask(mm, None, H, S, T, BLOCK_SIZE=block)
+    out, lse = flex_attention(
+        q, k, v, sm, bm, enable_gqa=True, return_lse=True, kernel_options=TRITON
+    )
+    cpu_out, cpu_lse = flex_attention(q, k, v, sm, bm, enable_gqa=True, return_lse=True)
+    ref_out, ref_lse = dense_flex_attention(q, k, v, sm, mm)
+    for want_out, want_lse in ((cpu_out, cpu_lse), (ref_out, ref_lse)):
+        torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)
+    return out, lse
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_cpu_and_dense_oracle(case):
+    mm, sm = CASES[case]
+    # GQA (2 query heads on 1 kv head), 77 keys: not a multiple of the block
+    out, lse = _check(mm, sm, S=77, T=77, block=32, seed=len(case))
+    if case == "fully_masked_rows":
+        assert torch.all(out[:, :, :20] == 0) and torch.all(torch.isneginf(lse[:, :, :20]))
+
+
+@pytest.mark.parametrize("S,T,block", [(45, 77, 16), (70, 33, (32, 16))])
+def test_odd_lengths_and_block_shapes(S, T, block):
+    _check(make_prefix_lm(9), None, S, T, block, B=2, H=2, Hkv=2, seed=S)
+
+
+def test_gqa_four_heads_per_kv_head():
+    _check(make_sliding_window(10), make_softcap(5.0), 40, 40, 16, B=1, H=4, Hkv=1, seed=3)
+
+
+def _unsupported_capture():
+    bias = torch.randn(64)
+
+    def biased(score, b, h, q_idx, kv_idx):
+        return score + bias[kv_idx]
+
+    return biased
+
+
+def _torch_call(score, b, h, q_idx, kv_idx):
+    return torch.sigmoid(score)
+
+
+@pytest.mark.parametrize(
+    "score_mod,mask_mod,match",
+    [
+        (_unsupported_capture(), noop_mask, "captures 'bias'"),
+        (_torch_call, noop_mask, "calls torch"),
+        (None, lambda b, h, q, kv: q >= kv, "only `def` functions"),
+        (None, and_masks(make_causal(), make_prefix_lm(4)), "captures 'mask_mods'"),
+    ],
+)
+def test_unsupported_mods_raise_value_error(score_mod, mask_mod, match):
+    q, k, v = _qkv(1, 1, 1, 32, 32, 16, 0)
+    bm = create_block_mask(mask_mod, None, None, 32, 32, BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match=match):
+        flex_attention(q, k, v, score_mod, bm, kernel_options=TRITON)
+
+
+def test_forward_only_and_block_size_errors():
+    q, k, v = _qkv(1, 1, 1, 32, 32, 16, 0)
+    bm = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=16)
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        flex_attention(q.requires_grad_(), k, v, block_mask=bm, kernel_options=TRITON)
+    bm8 = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=8)
+    with pytest.raises(ValueError, match="power-of-2 block sizes >= 16"):
+        flex_attention(q.detach(), k, v, block_mask=bm8, kernel_options=TRITON)
