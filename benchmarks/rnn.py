@@ -1,0 +1,187 @@
+"""FlashRNN benchmark: our fused CPU kernel vs the PyPI flashrnn loops and torch.nn.LSTM.
+
+Forward + backward at B=16, T=1024, N=4 heads, D=64, fp32:
+- each function vs flashrnn's backend="vanilla" (a Python loop under autograd);
+- lstm and slstm vs flashrnn's backend="vanilla_fwbw" (a Python loop with a hand-written
+  backward);
+- lstm vs torch.nn.LSTM of the same total hidden size (dense recurrence, oneDNN), the input
+  projection included on both sides;
+- the seconds ConstrINT takes on the GPU-style tiling set;
+- a sweep over T and D (lstm, ours vs vanilla_fwbw) with a figure.
+Outputs are checked against the reference before timing; contenders alternate, medians.
+
+    python benchmarks/rnn.py [--repeats 3] [--vanilla-repeats 2] [--out runs/bench/rnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from minirepro.core.bench import BenchReport, first_call_time, ratio, time_contenders
+from minirepro.papers.rnn import FUNCTIONS, flashrnn, load_extension
+from minirepro.papers.rnn.constrint import solve
+from minirepro.papers.rnn.functions import cell_spec
+from minirepro.papers.rnn.tiling import gpu_constraints
+
+
+def inputs(function: str, B: int, T: int, N: int, D: int, seed: int = 0):
+    s = cell_spec(function)
+    g = torch.Generator().manual_seed(seed)
+    Wx = torch.randn(B, T, s.n_gates_w, N, D, generator=g).requires_grad_()
+    R = (torch.randn(s.n_gates_r, N, D, D, generator=g) / D**0.5).requires_grad_()
+    b = torch.randn(s.n_gates_b, N, D, generator=g).requires_grad_()
+    return Wx, R, b
+
+
+def fwbw(fn, Wx, R, b):
+    """A zero-argument forward + backward of fn(Wx, R, b) -> (out, last)."""
+
+    def call():
+        out, last = fn(Wx, R, b)
+        (out[0].sum() + last[0].sum()).backward()
+        Wx.grad = R.grad = b.grad = None
+
+    return call
+
+
+def ours(function):
+    return lambda Wx, R, b: flashrnn(Wx, R, b, function=function, backend="cpu")
+
+
+def pypi(function, backend):
+    from flashrnn import flashrnn as ref
+
+    return lambda Wx, R, b: ref(Wx, R, b, function=function, backend=backend, dtype="float32")
+
+
+def check_close(function, backend, shape=(2, 16, 2, 16)):
+    Wx, R, b = inputs(function, *shape, seed=1)
+    a, _ = ours(function)(Wx, R, b)
+    e, _ = pypi(function, backend)(Wx, R, b)
+    torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, default=16)
+    parser.add_argument("--T", type=int, default=1024)
+    parser.add_argument("--N", type=int, default=4)
+    parser.add_argument("--D", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--vanilla-repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/rnn"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    B, T, N, D = args.B, args.T, args.N, args.D
+    report = BenchReport("rnn")
+    summary = {}
+
+    build_s = first_call_time(load_extension)
+    report.add_case(case="cpu kernel build/load", seconds=build_s)
+
+    # 1. each function vs the vanilla loop (slow: few repeats)
+    for function in FUNCTIONS:
+        check_close(function, "vanilla")
+        Wx, R, b = inputs(function, B, T, N, D)
+        fns = {"ours": fwbw(ours(function), Wx, R, b),
+               "vanilla": fwbw(pypi(function, "vanilla"), Wx, R, b)}  # fmt: skip
+        fns["ours"]()  # warm-up ours only: one vanilla call is ~10 s
+        times = time_contenders(fns, warmup=0, repeats=args.vanilla_repeats)
+        report.add_timings(times, baseline="vanilla", case=f"{function} vs vanilla", T=T, D=D)
+        summary[f"{function}_vs_vanilla"] = ratio(times["vanilla"], times["ours"])
+        summary[f"{function}_ours_s"] = times["ours"].median
+
+    # 2. lstm, slstm vs vanilla_fwbw
+    for function in ("lstm", "slstm"):
+        check_close(function, "vanilla_fwbw")
+        Wx, R, b = inputs(function, B, T, N, D)
+        fns = {"ours": fwbw(ours(function), Wx, R, b),
+               "vanilla_fwbw": fwbw(pypi(function, "vanilla_fwbw"), Wx, R, b)}  # fmt: skip
+        times = time_contenders(fns, warmup=1, repeats=args.repeats)
+        report.add_timings(times, baseline="vanilla_fwbw", case=f"{function} vs fwbw", T=T, D=D)
+        summary[f"{function}_vs_vanilla_fwbw"] = ratio(times["vanilla_fwbw"], times["ours"])
+
+    # 3. lstm vs torch.nn.LSTM, same total hidden size, input projection on both sides
+    H = N * D
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, H, generator=g).requires_grad_()
+    lstm = torch.nn.LSTM(H, H, batch_first=True)
+    proj = torch.nn.Linear(H, 4 * H)
+    R = (torch.randn(4, N, D, D, generator=g) / D**0.5).requires_grad_()
+    bias = torch.zeros(4, N, D, requires_grad=True)
+
+    def run_torch():
+        y, _ = lstm(x)
+        y.sum().backward()
+
+    def run_ours():
+        Wx = proj(x).view(B, T, 4, N, D)  # (B, T, G, N, D)
+        out, _ = flashrnn(Wx, R, bias, function="lstm", backend="cpu")
+        out[0].sum().backward()
+
+    times = time_contenders({"ours": run_ours, "torch.nn.LSTM": run_torch}, warmup=1,
+                            repeats=args.repeats)  # fmt: skip
+    report.add_timings(times, baseline="torch.nn.LSTM", case="lstm vs torch.nn.LSTM", T=T, D=D)
+    summary["lstm_vs_torch_lstm"] = ratio(times["torch.nn.LSTM"], times["ours"])
+
+    # 4. ConstrINT on the GPU-style set (the hardest feasible one of a few sizes)
+    solve_s = []
+    for d in (64, 256, 512):
+        cons, vs = gpu_constraints(B, d, 4, N)
+        t0 = time.perf_counter()
+        solve(cons, vs)
+        solve_s.append(time.perf_counter() - t0)
+    summary["constrint_solve_s"] = max(solve_s)
+
+    # 5. sweep over T and D: lstm, ours vs vanilla_fwbw
+    if not args.no_sweep:
+        sweep = []
+        for t_, d_ in [(256, D), (512, D), (T, D), (256, 32), (256, 128)]:
+            Wx, R2, b2 = inputs("lstm", B, t_, N, d_)
+            fns = {"ours": fwbw(ours("lstm"), Wx, R2, b2),
+                   "vanilla_fwbw": fwbw(pypi("lstm", "vanilla_fwbw"), Wx, R2, b2)}  # fmt: skip
+            tm = time_contenders(fns, warmup=1, repeats=max(2, args.repeats // 2))
+            report.add_timings(tm, baseline="vanilla_fwbw", case="sweep lstm", T=t_, D=d_)
+            sweep.append((t_, d_, tm["ours"].median, tm["vanilla_fwbw"].median))
+        summary["sweep_figure"] = str(plot_sweep(sweep, args.out, D))
+
+    report.set_summary(**summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return report.emit(args.out / "rnn.json")
+
+
+def plot_sweep(sweep, out: Path, D: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    by_t = sorted((t, o, v) for t, d, o, v in sweep if d == D)
+    by_d = sorted((d, o, v) for t, d, o, v in sweep if t == 256)
+    for ax, rows, label in [(axes[0], by_t, f"T (D={D})"), (axes[1], by_d, "D (T=256)")]:
+        xs = [r[0] for r in rows]
+        ax.plot(xs, [r[1] for r in rows], "o-", label="ours (C++ fused)")
+        ax.plot(xs, [r[2] for r in rows], "s--", label="flashrnn vanilla_fwbw")
+        ax.set_xlabel(label)
+        ax.set_ylabel("fwd+bwd seconds")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle("LSTM, B=16, N=4, fp32, 2 CPU threads")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "rnn_sweep.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""`flashrnn(Wx, R, b, states, function, backend)`: the reference package's contract.
+
+Shapes (B batch, T time, G gates, N heads, D head size, S states):
+    Wx (B, T, Gw, N, D), R (Gr, N, D, D), b (Gb, N, D), states (S, B, 1, N, D);
+    returns all states (S, B, T, N, D) and the last states (S, B, 1, N, D); state 0 is h.
+R[g, n] maps the previous hidden state of head n to gate g as a Linear weight would
+(out x in), so `R[g, n] @ h` is head n's recurrent input to gate g.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from minirepro.papers.rnn.cpu import CpuKernelUnavailable, cpu_flashrnn, load_extension
+from minirepro.papers.rnn.functions import cell_spec
+from minirepro.papers.rnn.reference import flashrnn_reference
+
+__all__ = ["Backend", "flashrnn"]
+
+Backend = Literal["auto", "cpu", "reference", "triton"]
+
+
+def _check_shapes(Wx: Tensor, R: Tensor, b: Tensor, states: Tensor | None, function: str):
+    spec = cell_spec(function)
+    if Wx.ndim != 5:
+        raise ValueError(f"Wx must be (B, T, G, N, D), got shape {tuple(Wx.shape)}")
+    B, T, Gw, N, D = Wx.shape
+    expect = {
+        "Wx": (Wx.shape, (B, T, spec.n_gates_w, N, D)),
+        "R": (R.shape, (spec.n_gates_r, N, D, D)),
+        "b": (b.shape, (spec.n_gates_b, N, D)),
+    }
+    if states is not None:
+        expect["states"] = (states.shape, (spec.n_states, B, 1, N, D))
+    for name, (got, want) in expect.items():
+        if tuple(got) != want:
+            raise ValueError(f"{function}: {name} must have shape {want}, got {tuple(got)}")
+    if T == 0:
+        raise ValueError("the sequence is empty (T = 0)")
+    return spec
+
+
+def flashrnn(
+    Wx: Tensor,
+    R: Tensor,
+    b: Tensor,
+    states: Tensor | None = None,
+    function: str = "lstm",
+    backend: Backend = "auto",
+    *,
+    forward_clipval: float | None = None,
+    gradient_recurrent_clipval: float | None = None,
+    batch_tile: int | None = None,
+    head_group: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Runs a head-wise RNN over a sequence of pre-computed input projections.
+
+    Args:
+        Wx: Input projections (B, T, Gw, N, D), gates in the order of `functions.FUNCTIONS`.
+        R: Recurrent blocks (Gr, N, D, D), one D x D matrix per gate and head.
+        b: Biases (Gb, N, D).
+        states: Initial states (S, B, 1, N, D); zeros if None.
+        function: "lstm", "slstm", "gru" or "elman".
+        backend: "cpu" (the C++ kernel), "reference" (Python loop, autograd), or "auto":
+            cpu for CPU tensors, falling back to reference with a warning if the kernel
+            cannot be built. A Triton backend is not available yet (NOTES.md).
+        forward_clipval: Clamp the hidden output h to [-v, v] after each step.
+        gradient_recurrent_clipval: Clamp the gradient that flows back through the
+            recurrent matmul (R^T dgates) to [-v, v] at each step.
+        batch_tile: Batch rows per work item of the CPU kernel; chosen by ConstrINT if None.
+        head_group: Heads per work item of the CPU kernel (a divisor of N); ConstrINT's
+            choice if None.
+
+    Returns:
+        (all states (S, B, T, N, D), last states (S, B, 1, N, D)).
+    """
+    spec = _check_shapes(Wx, R, b, states, function)
+    B, T, _, N, D = Wx.shape
+    if states is None:
+        states = Wx.new_zeros(spec.n_states, B, 1, N, D)
+    if backend == "auto":
+        if Wx.device.type != "cpu":
+            warnings.warn(
+                "no GPU backend yet (Triton is not implemented); using the reference loop",
+                stacklevel=2,
+            )
+            backend = "reference"
+        else:
+            try:
+                load_extension()
+                backend = "cpu"
+            except CpuKernelUnavailable as exc:
+                warnings.warn(f"{exc}; falling back to the slow reference loop", stacklevel=2)
+                backend = "reference"
+    if backend == "reference":
+        return flashrnn_reference(
+            Wx, R, b, states, function, forward_clipval, gradient_recurrent_clipval
+        )
+    first = bool((states[2] == 0).all()) if function == "slstm" else False
+    if backend == "cpu":
+        if Wx.device.type != "cpu":
+            raise ValueError("backend='cpu' needs CPU tensors")
+        if batch_tile is None or head_group is None:
+            from minirepro.papers.rnn.tiling import cpu_tiles
+
+            tiles = cpu_tiles(B, N, D, spec.n_gates_b, torch.get_num_threads())
+            batch_tile = batch_tile or tiles.batch_tile
+            head_group = head_group or tiles.head_group
+        return cpu_flashrnn(
+            Wx, R, b, states, spec,
+            first_slstm=first,
+            forward_clipval=forward_clipval,
+            gradient_recurrent_clipval=gradient_recurrent_clipval,
+            batch_tile=batch_tile,
+            head_group=head_group,
+        )  # fmt: skip
+    if backend == "triton":
+        raise ValueError("no Triton backend yet (see NOTES.md); use backend='cpu' or 'reference'")
+    raise ValueError(f"unknown backend {backend!r}; choose auto, cpu or reference")
