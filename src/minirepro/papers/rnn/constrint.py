@@ -18,6 +18,7 @@ is infeasible (the search is complete, so None means no assignment exists).
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,19 +28,20 @@ __all__ = ["Constraint", "Expr", "Var", "check", "solve"]
 Interval = tuple[int, int]
 
 
-class Expr:
+class Expr(ABC):
     """An integer expression over Vars."""
 
+    @abstractmethod
     def vars(self) -> dict[str, Var]:
         """The variables in the expression, by name."""
-        raise NotImplementedError
 
+    @abstractmethod
     def value(self, env: dict[str, int]) -> int:
-        raise NotImplementedError
+        """The expression's value under a full assignment."""
 
+    @abstractmethod
     def interval(self, dom: dict[str, list[int]]) -> Interval:
         """Bounds of the expression when each variable ranges over its domain."""
-        raise NotImplementedError
 
     def __add__(self, other: Expr | int) -> Expr:
         return Add(self, _expr(other))
