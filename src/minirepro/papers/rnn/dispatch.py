@@ -65,9 +65,10 @@ def flashrnn(
         b: Biases (Gb, N, D).
         states: Initial states (S, B, 1, N, D); zeros if None.
         function: "lstm", "slstm", "gru" or "elman".
-        backend: "cpu" (the C++ kernel), "reference" (Python loop, autograd), or "auto":
-            cpu for CPU tensors, falling back to reference with a warning if the kernel
-            cannot be built. A Triton backend is not available yet (NOTES.md).
+        backend: "cpu" (the C++ kernel), "triton" (the fused Triton kernels, fp32; CUDA
+            tensors, or CPU tensors under TRITON_INTERPRET=1), "reference" (Python loop,
+            autograd), or "auto": cpu for CPU tensors (falling back to reference with a
+            warning if the kernel cannot be built), triton for fp32 CUDA tensors.
         forward_clipval: Clamp the hidden output h to [-v, v] after each step.
         gradient_recurrent_clipval: Clamp the gradient that flows back through the
             recurrent matmul (R^T dgates) to [-v, v] at each step.
@@ -83,9 +84,12 @@ def flashrnn(
     if states is None:
         states = Wx.new_zeros(spec.n_states, B, 1, N, D)
     if backend == "auto":
-        if Wx.device.type != "cpu":
+        if Wx.device.type == "cuda" and _triton_available() and Wx.dtype == torch.float32:
+            backend = "triton"
+        elif Wx.device.type != "cpu":
             warnings.warn(
-                "no GPU backend yet (Triton is not implemented); using the reference loop",
+                f"no kernel for {Wx.dtype} on {Wx.device.type} (the Triton backend needs "
+                "triton and fp32 CUDA tensors); using the reference loop",
                 stacklevel=2,
             )
             backend = "reference"
@@ -119,5 +123,49 @@ def flashrnn(
             head_group=head_group,
         )  # fmt: skip
     if backend == "triton":
-        raise ValueError("no Triton backend yet (see NOTES.md); use backend='cpu' or 'reference'")
-    raise ValueError(f"unknown backend {backend!r}; choose auto, cpu or reference")
+        return _triton(Wx, R, b, states, spec, first, forward_clipval, gradient_recurrent_clipval)
+    raise ValueError(f"unknown backend {backend!r}; choose auto, cpu, triton or reference")
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton(Wx, R, b, states, spec, first, forward_clipval, gradient_recurrent_clipval):
+    if not _triton_available():
+        raise ValueError(
+            "backend='triton' needs the triton package (pip install 'triton>=3.4,<3.9')"
+        )
+    from minirepro.papers.rnn.tiling import gpu_limits, triton_tiles
+    from minirepro.papers.rnn.triton_kernel import interpreting, triton_flashrnn
+
+    tensors = {"Wx": Wx, "R": R, "b": b, "states": states}
+    for name, x in tensors.items():
+        if x.dtype != torch.float32:
+            raise ValueError(f"backend='triton' supports float32 only; {name} is {x.dtype}")
+        if x.device != Wx.device:
+            raise ValueError(f"{name} is on {x.device}, Wx on {Wx.device}")
+    if Wx.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
+            f"imported to run it on the CPU (got {Wx.device.type} tensors)"
+        )
+    _, _, _, N, D = Wx.shape
+    tiles = triton_tiles(Wx.shape[0], D, spec.n_gates_r, N, gpu_limits(Wx.device))
+    return triton_flashrnn(
+        Wx, R, b, states, spec,
+        first_slstm=first,
+        forward_clipval=_clip_arg(forward_clipval),
+        gradient_recurrent_clipval=_clip_arg(gradient_recurrent_clipval),
+        tiles=tiles,
+    )  # fmt: skip
+
+
+def _clip_arg(v: float | None) -> float:
+    if v is not None and v <= 0:
+        raise ValueError(f"clip values must be positive, got {v}")
+    return 0.0 if v is None else float(v)

@@ -6,7 +6,13 @@ thread count (no idle core), and the group's recurrent blocks must fit in half t
 L2 cache (the CPU analogue of keeping R on chip). Preferred: the largest head group (each
 step then touches a row's memory page once for all heads), then the largest batch tile.
 
-GPU: the constraint set of a fused FlashRNN kernel (`gpu_tiles`): warps along the batch and
+Triton (`triton_tiles`): the batch tile and warp count of `triton_kernel.py`'s programs
+(one per head and batch tile), from the GPU's SM count, registers per thread and per block,
+and shared memory: the head's R (and, backward, its dR accumulators) must fit in the
+program's registers next to the carried states, the dot operands staged through shared
+memory must fit, and the grid should fill the SMs before the batch tile grows.
+
+GPU, general: the constraint set of a fused FlashRNN kernel (`gpu_tiles`): warps along the batch and
 the gate columns, the recurrent matrix split between registers and shared memory, blocks per
 head resident together; used by the Triton backend and as the solver's speed benchmark.
 """
@@ -19,7 +25,17 @@ from typing import NamedTuple
 
 from minirepro.papers.rnn.constrint import Var, solve
 
-__all__ = ["CpuTiles", "cpu_tiles", "gpu_constraints", "gpu_tiles", "l2_cache_bytes"]
+__all__ = [
+    "CpuTiles",
+    "GpuLimits",
+    "cpu_tiles",
+    "gpu_constraints",
+    "gpu_limits",
+    "gpu_tiles",
+    "l2_cache_bytes",
+    "triton_constraints",
+    "triton_tiles",
+]
 
 
 class CpuTiles(NamedTuple):
@@ -107,3 +123,97 @@ def gpu_tiles(B: int, D: int, n_gates: int, n_heads: int, **limits) -> dict[str,
     """Solves `gpu_constraints`; None if the problem does not fit the GPU."""
     constraints, variables = gpu_constraints(B, D, n_gates, n_heads, **limits)
     return solve(constraints, variables)
+
+
+class GpuLimits(NamedTuple):
+    """The limits `triton_tiles` respects (H100 SXM figures by default)."""
+
+    sm_count: int = 132
+    smem_bytes: int = 227 * 1024
+    regs_per_thread: int = 255
+    regs_per_block: int = 65536
+    max_warps: int = 32
+
+
+def gpu_limits(device=None) -> GpuLimits:
+    """The limits of a CUDA device from torch, or the defaults without one (interpreter)."""
+    import torch
+
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+        return GpuLimits()
+    p = torch.cuda.get_device_properties(device)
+    d = GpuLimits()
+    return GpuLimits(
+        sm_count=p.multi_processor_count,
+        smem_bytes=getattr(p, "shared_memory_per_block_optin", d.smem_bytes),
+        regs_per_thread=255,
+        regs_per_block=getattr(p, "regs_per_multiprocessor", d.regs_per_block),
+        max_warps=min(32, p.max_threads_per_multi_processor // 32),
+    )
+
+
+def triton_constraints(
+    B: int, D: int, n_gates: int, n_heads: int, backward: bool, limits: GpuLimits
+):
+    """Constraints of one Triton program (a head and a tile of the batch).
+
+    Register count (fp32 words per program, across its threads): the R tiles
+    n_gates * Dp * Dp, doubled backward for the dR accumulators, plus the live (BB, Dp)
+    tiles (4 states and the gates forward; also their gradients and the loaded gates and
+    states backward); each thread keeps 40 registers for addresses and temporaries.
+
+    Returns (constraints, variables in branching order).
+    """
+    Dp = max(16, 1 << (D - 1).bit_length())
+    tiles_live = (4 + n_gates) * (2 if backward else 1) + 2  # (BB, Dp) tiles alive at once
+    r_words = n_gates * Dp * Dp * (2 if backward else 1)
+    bb_max = max(16, 16 * ((B + 15) // 16))
+    bb = Var("block_b", [v for v in (16, 32, 64, 128) if v <= bb_max])
+    nt = Var("batch_tiles", range(1, (B + 15) // 16 + 1))
+    progs = Var("programs", range(1, n_heads * ((B + 15) // 16) + 1))
+    warps = Var("num_warps", [w for w in (1, 2, 4, 8, 16, 32) if w <= limits.max_warps],
+                prefer="smallest")  # fmt: skip
+    regs = Var("regs_per_thread", range(48, limits.regs_per_thread + 1, 8))
+    # tl.dot stages its operands through shared memory once per step: h (forward), the
+    # gate gradients and h (backward), (BB, Dp) fp32 each
+    smem_tiles = (n_gates + 1) if backward else 1
+    constraints = [
+        # nt batch tiles cover B, the last one not empty
+        nt * bb >= B,
+        nt * bb + bb * -1 <= B - 1,
+        progs == nt * n_heads,
+        # fill the SMs before growing the tile: programs >= min(SMs, programs at BB=16)
+        progs >= min(limits.sm_count, n_heads * ((B + 15) // 16)),
+        # registers: R (+ dR) and the live tiles over the program's threads, 40 a thread
+        # kept for addresses and temporaries; the block's register file bounds the total
+        regs <= limits.regs_per_thread,
+        warps * 32 * regs <= limits.regs_per_block,
+        warps * 32 * (regs + -40) >= r_words + bb * (tiles_live * Dp),
+        bb * (smem_tiles * Dp * 4) <= limits.smem_bytes,
+    ]
+    return constraints, [bb, warps, regs, nt, progs]
+
+
+@functools.cache
+def triton_tiles(
+    B: int, D: int, n_gates: int, n_heads: int, limits: GpuLimits | None = None
+) -> dict[str, dict[str, int]]:
+    """Batch tile and warps of the Triton forward and backward kernels.
+
+    Raises:
+        ValueError: One head's R does not fit a program's registers on this GPU (the
+            paper then splits R over several blocks; not done here).
+    """
+    limits = limits or GpuLimits()
+    out = {}
+    for name, backward in (("forward", False), ("backward", True)):
+        cons, vs = triton_constraints(B, D, n_gates, n_heads, backward, limits)
+        sol = solve(cons, vs)
+        if sol is None:
+            raise ValueError(
+                f"the Triton kernel keeps one head's recurrent matrix on chip: {n_gates} gates "
+                f"x {D} x {D} fp32 ({name}) do not fit the registers of one program "
+                f"({limits.regs_per_block} per block); use smaller heads or backend='cpu'"
+            )
+        out[name] = {"block_b": sol["block_b"], "num_warps": sol["num_warps"]}
+    return out
