@@ -177,3 +177,16 @@ def test_profile_tiny_model(tmp_path):
 def test_bad_input(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_batch_shape_from_work_and_plan_assign():
+    work = [(0, 32), (10, 1), (20, 1), (5, 8), (30, 1)]  # (start, num_tokens)
+    b = BatchShape.from_work(work)
+    assert (b.num_prefill_tokens, b.num_decode_seqs, b.num_prefill_seqs) == (40, 3, 2)
+    assert b.mean_context == pytest.approx(21.0)  # keys seen by each decode: start + 1
+    plan = NanoPlan([1, 2], prefill_nano=1)
+    is_decode = [n == 1 and s > 0 for s, n in work]
+    assert plan.assign(is_decode) == [[1], [0, 2, 3, 4]]
+    assert NanoPlan([0, 3]).assign(is_decode) == [[0, 3], [1, 2, 4]]
+    with pytest.raises(ValueError, match="sum to 2"):
+        NanoPlan([2]).assign(is_decode)

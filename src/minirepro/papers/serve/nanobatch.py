@@ -237,6 +237,25 @@ class BatchShape:
         if self.num_prefill_tokens + self.num_decode_seqs == 0:
             raise ValueError("an empty batch: no prefill tokens and no decoding sequences")
 
+    @classmethod
+    def from_work(cls, work: Sequence[tuple[int, int]], offload_tokens: int = 0) -> BatchShape:
+        """The shape of an iteration given each scheduled sequence's (start, num_tokens).
+
+        A sequence decodes when it schedules one token after a non-empty cache (the
+        runner's rule); every other entry is a prefill chunk.
+        """
+        dec = [start for start, n in work if n == 1 and start > 0]
+        pre = [(start, n) for start, n in work if not (n == 1 and start > 0)]
+        p_tokens = sum(n for _, n in pre)
+        return cls(
+            num_prefill_tokens=p_tokens,
+            num_decode_seqs=len(dec),
+            mean_context=sum(dec) / len(dec) + 1 if dec else 0.0,
+            num_prefill_seqs=len(pre),
+            prefill_context=sum(st for st, _ in pre) / len(pre) if pre else 0.0,
+            offload_tokens=offload_tokens,
+        )
+
     @property
     def prefill_seqs(self) -> int:
         if self.num_prefill_tokens == 0:
@@ -284,6 +303,35 @@ class NanoPlan:
     @property
     def num_nano(self) -> int:
         return len(self.sizes)
+
+    def assign(self, is_decode: Sequence[bool]) -> list[list[int]]:
+        """Indices of an iteration's scheduled entries per nano-batch (empty ones dropped).
+
+        Args:
+            is_decode: One flag per scheduled entry, in the batch's order (see
+                `BatchShape.from_work` for which entries decode).
+
+        Returns:
+            Groups of indices, in nano-batch order: decoding entries fill nano-batch 0 with
+            sizes[0] of them, then nano-batch 1, ...; all prefill entries join nano-batch
+            `prefill_nano`. Within a group the batch's order is kept.
+        """
+        n_dec = sum(bool(d) for d in is_decode)
+        if n_dec != sum(self.sizes):
+            raise ValueError(
+                f"plan sizes {self.sizes} sum to {sum(self.sizes)}, got {n_dec} decodes"
+            )
+        # owner[j]: the nano-batch of the j-th decoding entry
+        owner = [k for k, size in enumerate(self.sizes) for _ in range(size)]
+        groups: list[list[int]] = [[] for _ in self.sizes]
+        j = 0
+        for idx, dec in enumerate(is_decode):
+            if dec:
+                groups[owner[j]].append(idx)
+                j += 1
+            else:
+                groups[self.prefill_nano].append(idx)
+        return [g for g in groups if g]
 
     def check(self, batch: BatchShape) -> None:
         """Raises ValueError if this plan does not split `batch`."""
@@ -547,6 +595,19 @@ def _refine(
 _SEARCH_CACHE: dict[tuple, NanoPlan] = {}
 
 
+def _bucket(b: BatchShape) -> tuple:
+    """Memo key: shapes that differ by a little context or a few prefill tokens share a
+    plan (the decode count stays exact, since the plan's sizes must sum to it)."""
+    return (
+        b.num_decode_seqs,
+        -(-b.num_prefill_tokens // 32),  # ceil: a prefill never rounds to none
+        b.prefill_seqs,
+        round(b.mean_context / 64),
+        round(b.prefill_context / 64),
+        -(-b.offload_tokens // 256),
+    )
+
+
 def search(
     costs: OpCosts, batch: BatchShape, max_nano: int = 4, *, keep: int = 3, budget: int = 40
 ) -> NanoPlan:
@@ -557,7 +618,8 @@ def search(
     the sizes of the `keep` best by moving sequences between nano-batches (coordinate
     descent with halving steps, at most `budget` simulations each). The unsplit plan is
     always a candidate, so the result is never worse than it in the simulator. Results are
-    memoised per (costs, batch, max_nano).
+    memoised per (costs, batch bucket, max_nano): shapes within 64 tokens of context and 32
+    prefill tokens of one another share the plan found for the first of them.
 
     Args:
         costs: The cost model.
@@ -571,9 +633,10 @@ def search(
     """
     if not isinstance(max_nano, int) or max_nano < 1:
         raise ValueError(f"max_nano must be an int >= 1, got {max_nano!r}")
-    ck = (id(costs), batch, max_nano, keep, budget)
-    if ck in _SEARCH_CACHE:
-        return _SEARCH_CACHE[ck]
+    ck = (id(costs), _bucket(batch), max_nano, keep, budget)
+    hit = _SEARCH_CACHE.get(ck)
+    if hit is not None:
+        return hit
     scored = sorted(
         (
             (simulate(costs, batch, p).makespan, n, p)
