@@ -1,0 +1,554 @@
+"""`LLMEngine`: requests in, token deltas out, one iteration per `step()`.
+
+An iteration: apply the requests added or aborted since the last one; let the scheduler
+pick the work (decodes, prefill chunks) under the token budget; run the model over it; draw
+each sequence's next token; check eos, stop ids, stop strings and max_tokens; report deltas.
+
+Two executor options overlap CPU work with model compute (same outputs either way):
+- `async_scheduling`: the model runs on a worker thread; while iteration i computes,
+  `step()` schedules iteration i+1 (placeholders for i's tokens), and returns i's results
+  only afterwards. A sequence that finishes in i still rides in i+1 and its token there is
+  dropped (eos is not waited for).
+- `nano_batches=k`: the iteration is split into k nano-batches run one after another on the
+  worker; the sampling, detokenisation, stop checks and offload writes of nano-batch j run
+  on the calling thread while nano-batch j+1 computes.
+
+All writes into the KV cache happen on the worker, in submission order, so a block released
+by an abort or a preemption and handed to another sequence is never written out of order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from minirepro.core.model import Transformer
+from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache, block_key
+from minirepro.papers.serve.offload import OffloadStore
+from minirepro.papers.serve.runner import BatchInput, ModelRunner, SeqWork
+from minirepro.papers.serve.sampling import (
+    Detokenizer,
+    SamplingParams,
+    make_generator,
+    sample_tokens,
+)
+from minirepro.papers.serve.scheduler import (
+    Scheduled,
+    Scheduler,
+    SchedulerConfig,
+    Sequence,
+    Status,
+)
+
+
+@dataclass
+class EngineConfig:
+    """Sizes and switches of the engine (vLLM's names where vLLM has the knob)."""
+
+    block_size: int = 16
+    num_blocks: int = 1024  # KV blocks in the pool (per layer)
+    max_num_seqs: int = 64  # running sequences at most
+    max_num_batched_tokens: int = 512  # per-iteration token budget (chunked prefill)
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    async_scheduling: bool = False  # prepare iteration i+1 while i runs; same outputs
+    offload_dir: str | None = None  # KV offload of finished conversation turns (None: off)
+    offload_max_bytes: int = 1 << 30  # LRU-bounded disk use
+    nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.offload_max_bytes <= 0:
+            raise ValueError(f"offload_max_bytes must be positive, got {self.offload_max_bytes}")
+        nb = self.nano_batches
+        if not (nb == "auto" or (isinstance(nb, int) and not isinstance(nb, bool) and nb >= 1)):
+            raise ValueError(f"nano_batches must be an int >= 1 or 'auto', got {nb!r}")
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    output_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_cache_queries: int  # prompt tokens looked up
+    prefix_cache_hits: int  # prompt tokens found
+    num_preemptions: int
+    offload_hits: int
+    offload_misses: int
+
+
+@dataclass
+class _Launched:
+    """An iteration in flight: its nano-batches and their futures (or logits)."""
+
+    groups: list[list[Scheduled]]
+    results: list[Future | Tensor]
+
+
+def split_nano_batches(work: list[Scheduled], sizes: Seq[int]) -> list[list[Scheduled]]:
+    """Cut work (in order) into groups of about `sizes[j]` tokens each (no empty group)."""
+    total = sum(s.num_tokens for s in work)
+    bounds = list(itertools.accumulate(sizes))
+    scale = total / bounds[-1] if bounds and bounds[-1] else 1.0
+    groups: list[list[Scheduled]] = [[] for _ in sizes]
+    acc, j = 0, 0
+    for s in work:
+        while j < len(bounds) - 1 and acc >= bounds[j] * scale:
+            j += 1
+        groups[j].append(s)
+        acc += s.num_tokens
+    return [g for g in groups if g]
+
+
+class LLMEngine:
+    """A continuous-batching engine over the core `Transformer`.
+
+    Args:
+        model: the decoder (attention layers, causal mask); its weights are used, not copied,
+            except for fused q/k/v and gate/up matrices.
+        tokenizer: an HF tokenizer for text deltas and stop strings, or None (token ids only).
+        config: sizes and switches.
+        eos_token_ids: ids that end a request unless its params say ignore_eos.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Any = None,
+        config: EngineConfig | None = None,
+        *,
+        eos_token_ids: Seq[int] = (),
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        cfg = model.cfg
+        w = model.embed.weight
+        self.cache = PagedKVCache(
+            cfg.n_layer,
+            config.num_blocks,
+            config.block_size,
+            cfg.n_kv_head,
+            cfg.head_dim,
+            w.dtype,
+            w.device,
+        )
+        self.blocks = BlockManager(
+            config.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.runner = ModelRunner(model, self.cache)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill
+            ),
+            self.blocks,
+            restore=self._restore if config.offload_dir else None,
+        )
+        self.offload: OffloadStore | None = None
+        if config.offload_dir:
+            fp = hashlib.sha256(
+                repr((cfg.to_dict(), str(w.dtype), float(w.float().sum()))).encode()
+            ).hexdigest()[:16]
+            self.offload = OffloadStore(config.offload_dir, config.offload_max_bytes, fp)
+        self.offload_hits = self.offload_misses = 0
+        self.nano_costs = None  # nanobatch.OpCosts, measured on first use when "auto"
+        self.last_plan = None  # the NanoPlan of the latest iteration ("auto")
+        use_worker = config.async_scheduling or config.nano_batches != 1
+        self._worker = ThreadPoolExecutor(1, "serve-model") if use_worker else None
+        self._io = ThreadPoolExecutor(1, "serve-offload") if self.offload else None
+        self._io_futures: list[Future] = []
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, Any]] = []
+        self._active: dict[str, Sequence] = {}  # added and not yet reported finished
+        self._arrival = itertools.count()
+        self._gen_ids = itertools.count()
+        self._inflight: _Launched | None = None
+        self._finished_out: list[RequestOutput] = []
+
+    @classmethod
+    def from_pretrained(cls, pretrained, config: EngineConfig | None = None) -> LLMEngine:
+        """An engine on a `minirepro.core.pretrained.Pretrained` (eos = its stop tokens)."""
+        return cls(
+            pretrained.model, pretrained.tokenizer, config, eos_token_ids=pretrained.stop_tokens
+        )
+
+    # ------------------------------------------------------------------ requests
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        conversation_id: str | None = None,
+    ) -> None:
+        """Queue a request (thread-safe; it joins at the next step)."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+        if isinstance(prompt_token_ids, Tensor):
+            prompt_token_ids = prompt_token_ids.tolist()
+        ids = list(prompt_token_ids)
+        if not ids:
+            raise ValueError(f"request {request_id!r}: the prompt is empty")
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise ValueError(f"request {request_id!r}: prompt token ids must be ints")
+        V = self.model.cfg.vocab_size
+        if min(ids) < 0 or max(ids) >= V:
+            raise ValueError(
+                f"request {request_id!r}: token ids must lie in [0, {V}), "
+                f"got min {min(ids)}, max {max(ids)}"
+            )
+        limit = self.model.cfg.max_seq_len
+        if len(ids) + params.max_tokens > limit:
+            raise ValueError(
+                f"request {request_id!r}: prompt of {len(ids)} tokens + max_tokens "
+                f"{params.max_tokens} exceeds the model's max_seq_len {limit}"
+            )
+        bs = self.config.block_size
+        if -(-(len(ids) + params.max_tokens) // bs) > self.config.num_blocks:
+            raise ValueError(
+                f"request {request_id!r}: {len(ids) + params.max_tokens} positions need more "
+                f"than the {self.config.num_blocks} KV blocks of {bs} the engine has"
+            )
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need an engine with a tokenizer")
+        if conversation_id is not None and not isinstance(conversation_id, str):
+            raise ValueError(f"conversation_id must be a string, got {conversation_id!r}")
+        if any(t >= V for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must lie in [0, {V})")
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        seq = Sequence(
+            request_id=request_id,
+            prompt_ids=ids,
+            params=params,
+            generator=make_generator(params),
+            detok=Detokenizer(self.tokenizer, params.stop),
+            stop_ids=frozenset(stop_ids),
+            arrival=next(self._arrival),
+            conversation_id=conversation_id,
+        )
+        with self._lock:
+            if request_id in self._active:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._active[request_id] = seq
+            self._pending.append(("add", seq))
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request (thread-safe); its blocks are freed at the next step, which reports
+        it with finish_reason "abort". Unknown or finished ids are ignored."""
+        with self._lock:
+            self._pending.append(("abort", request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        with self._lock:
+            return bool(self._active) or bool(self._pending)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        with self._lock:
+            pending = sum(1 for op, _ in self._pending if op == "add")
+        return EngineStats(
+            num_running=len(s.running),
+            num_waiting=len(s.waiting) + pending,
+            kv_blocks_used=self.blocks.num_used(),
+            kv_blocks_total=self.blocks.num_blocks,
+            prefix_cache_queries=s.prefix_queries,
+            prefix_cache_hits=s.prefix_hits,
+            num_preemptions=s.num_preemptions,
+            offload_hits=self.offload_hits,
+            offload_misses=self.offload_misses,
+        )
+
+    # ------------------------------------------------------------------ iteration
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for op, arg in pending:
+            if op == "add":
+                self.scheduler.add(arg)
+                continue
+            seq = self._active.get(arg)
+            if seq is None or seq.finished:
+                continue
+            self.scheduler.free(seq)
+            self._finish(seq, "abort")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        seq.placeholder = 0
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration and return what it produced (call from one thread only)."""
+        self._apply_pending()
+        outputs: list[RequestOutput] = []
+        self._report_aborts(outputs)
+        if self.config.async_scheduling:
+            work = self.scheduler.schedule()  # iteration i+1, while i computes
+            if self._inflight is not None:
+                outputs += self._process(self._inflight)
+                self._inflight = None
+            if work:
+                self._inflight = self._launch(work)
+                self._set_placeholders(work)
+        else:
+            work = self.scheduler.schedule()
+            if work:
+                outputs += self._process(self._launch(work))
+        return outputs
+
+    def _report_aborts(self, outputs: list[RequestOutput]) -> None:
+        with self._lock:
+            seqs = list(self._active.values())
+        for seq in seqs:
+            if seq.finished and seq.finish_reason == "abort":
+                outputs.append(self._output(seq, final=True))
+
+    def _set_placeholders(self, work: list[Scheduled]) -> None:
+        for s in work:
+            seq = s.seq
+            if s.sample and not seq.finished and seq.num_output + 1 < seq.params.max_tokens:
+                seq.placeholder = 1
+
+    def _nano_groups(self, work: list[Scheduled]) -> list[list[Scheduled]]:
+        """Split an iteration into nano-batches: k even ones, or the auto-search's plan."""
+        k = self.config.nano_batches
+        if k != "auto":
+            total = sum(s.num_tokens for s in work)
+            k = min(int(k), len(work))
+            return split_nano_batches(work, [total / k] * k)
+        from minirepro.papers.serve import nanobatch
+
+        if self.nano_costs is None:
+            self.nano_costs = nanobatch.default_costs(self.model, self.tokenizer)
+        decode = [s for s in work if s.num_tokens == 1 and s.start > 0]
+        prefill = [s for s in work if not (s.num_tokens == 1 and s.start > 0)]
+        shape = nanobatch.BatchShape(
+            num_prefill_tokens=sum(s.num_tokens for s in prefill),
+            num_decode_seqs=len(decode),
+            mean_context=sum(s.start for s in decode) / max(1, len(decode)),
+            num_prefill_seqs=len(prefill),
+            prefill_context=sum(s.start for s in prefill) / max(1, len(prefill)),
+        )
+        plan = nanobatch.search(self.nano_costs, shape, max_nano=4)
+        self.last_plan = plan
+        groups: list[list[Scheduled]] = []
+        at = 0
+        for j, size in enumerate(plan.sizes):
+            group = decode[at : at + size]
+            at += size
+            if j == plan.prefill_nano:
+                group = prefill + group
+            groups.append(group)
+        # "layer" order (layer-wise interleaving) is not run here: nano-batches go whole,
+        # one after another, which is what lets host work overlap on a CPU.
+        return [g for g in groups if g]
+
+    def _launch(self, work: list[Scheduled]) -> _Launched:
+        groups = [work]
+        if self.config.nano_batches != 1 and len(work) > 1:
+            groups = self._nano_groups(work)
+        results: list[Future | Tensor] = []
+        for group in groups:
+            batch = self.runner.prepare(
+                [SeqWork(s.start, s.num_tokens, s.seq.block_table, s.sample) for s in group]
+            )
+            ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
+            self.runner.set_input_ids(batch, ids)
+            results.append(self._run(batch))
+        return _Launched(groups, results)
+
+    def _run(self, batch: BatchInput) -> Future | Tensor:
+        if self._worker is None:
+            return self.runner.forward(batch)
+        return self._worker.submit(self.runner.forward, batch)
+
+    def _process(self, launched: _Launched) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        for group, result in zip(launched.groups, launched.results):
+            logits = result.result() if isinstance(result, Future) else result
+            samplers = [s for s in group if s.sample and not s.seq.finished]
+            rows = [i for i, s in enumerate(x for x in group if x.sample) if not s.seq.finished]
+            if samplers:
+                tokens = sample_tokens(
+                    logits[rows] if len(rows) != logits.shape[0] else logits,
+                    [s.seq.params for s in samplers],
+                    [s.seq.generator for s in samplers],
+                )
+                for s, tok in zip(samplers, tokens):
+                    self._append(s.seq, tok)
+            for s in group:
+                self.scheduler.register_computed(s)
+            for s in samplers:
+                outputs.append(self._output(s.seq, final=s.seq.finished))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int) -> None:
+        seq.placeholder = 0
+        seq.token_ids.append(token)
+        seq.new_token_ids.append(token)
+        seq.detok.add([token])
+        reason = None
+        if token in seq.stop_ids or seq.detok.stopped:
+            reason = "stop"
+        elif seq.num_output >= seq.params.max_tokens:
+            reason = "length"
+        if reason is not None:
+            self._save_offload(seq)
+            self.scheduler.free(seq)
+            self._finish(seq, reason)
+
+    def _output(self, seq: Sequence, final: bool) -> RequestOutput:
+        out = RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=seq.new_token_ids,
+            new_text=seq.detok.delta(final),
+            finished=seq.finished,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=seq.num_prompt,
+            output_tokens=seq.num_output,
+            cached_tokens=seq.cached_tokens,
+        )
+        seq.new_token_ids = []
+        if seq.finished:
+            with self._lock:
+                self._active.pop(seq.request_id, None)
+        return out
+
+    # ------------------------------------------------------------------ KV offload
+    def _slots(self, table: list[int], begin: int, end: int) -> Tensor:
+        pos = torch.arange(begin, end)
+        return (
+            torch.tensor(table, dtype=torch.long)[pos // self.config.block_size]
+            * (self.config.block_size)
+            + pos % self.config.block_size
+        )
+
+    def _save_offload(self, seq: Sequence) -> None:
+        """Copy out the finished turn's K/V (all but the last token, whose K/V was never
+        computed) and write it to disk on the I/O thread."""
+        if self.offload is None or seq.conversation_id is None:
+            return
+        n = len(seq.token_ids) - 1
+        if n < 1 or seq.num_computed < n or len(seq.block_table) * self.config.block_size < n:
+            return
+        k, v = self.cache.read(self._slots(seq.block_table, 0, n))  # copies
+        tokens = seq.token_ids[:n]
+        self._io_futures = [f for f in self._io_futures if not f.done()]
+        self._io_futures.append(
+            self._io.submit(self.offload.save, seq.conversation_id, tokens, k, v)
+        )
+
+    def _restore(self, seq: Sequence) -> int:
+        """Scheduler hook at a sequence's first admission: load its conversation's saved
+        K/V beyond the prefix-cache hit. Returns the tokens restored."""
+        if self.offload is None or seq.conversation_id is None or seq.first_scheduled:
+            return 0
+        self.wait_offload()  # the previous turn's file may still be being written
+        bs = self.config.block_size
+        n = min(self.offload.lookup(seq.conversation_id, seq.token_ids), len(seq.token_ids) - 1)
+        if n <= seq.num_computed:  # nothing saved, or the prefix cache already has it all
+            self.offload_misses += n == 0
+            return 0
+        need = -(-n // bs) - len(seq.block_table)
+        if need > self.blocks.num_available():
+            return 0
+        kv = self.offload.load(seq.conversation_id, seq.token_ids, n)
+        if kv is None:
+            self.offload_misses += 1
+            return 0
+        k, v = kv
+        start = seq.num_computed
+        seq.block_table += self.blocks.allocate(need)
+        slots = self._slots(seq.block_table, start, n)
+        k, v = k[:, start:n], v[:, start:n]
+        if self._worker is None:
+            self.cache.write(slots, k, v)
+        else:  # after every iteration already submitted, before any later one
+            self._worker.submit(self.cache.write, slots, k, v)
+        seq.num_computed = n
+        # the restored full blocks join the prefix cache (their data is written before
+        # any later iteration reads it: same worker, in order)
+        parent = hash(seq.block_keys[-1]) if seq.block_keys else None
+        while seq.num_registered < n // bs:
+            b = seq.num_registered
+            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
+            seq.block_keys.append(key)
+            self.blocks.register(seq.block_table[b], key)
+            parent = hash(key)
+            seq.num_registered += 1
+        self.offload_hits += 1
+        return n - start
+
+    def wait_offload(self) -> None:
+        """Block until every queued offload write is on disk."""
+        for f in self._io_futures:
+            f.result()
+        self._io_futures = []
+
+    # ------------------------------------------------------------------ offline
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[list[int]]:
+        """Output token ids of each prompt (in prompt order), running the engine to the end."""
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+        tag = next(self._gen_ids)
+        ids = [f"generate-{tag}-{i}" for i in range(len(prompts))]
+        for rid, prompt, p in zip(ids, prompts, params):
+            self.add_request(rid, list(prompt), p)
+        out: dict[str, list[int]] = {rid: [] for rid in ids}
+        while self.has_unfinished_requests():
+            for o in self.step():
+                if o.request_id in out:
+                    out[o.request_id] += o.new_token_ids
+        return [out[rid] for rid in ids]
+
+    def close(self) -> None:
+        """Finish offload writes and stop the worker threads."""
+        if self._io is not None:
+            self.wait_offload()
+            self._io.shutdown()
+        if self._worker is not None:
+            self._worker.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            if self._worker is not None:
+                self._worker.shutdown(wait=False)
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+        except Exception:
+            pass

@@ -1,0 +1,236 @@
+"""One forward pass of the core `Transformer` over a flat, ragged batch and a paged KV cache.
+
+An iteration mixes sequences at different stages: some decode one token, some prefill a
+chunk of their prompt, each at its own position. All their tokens go through the
+projections and the MLP as one (N, d_model) matrix; only attention is per sequence:
+
+- every decoding sequence attends in one padded batch: its keys and values are gathered
+  from its blocks (`index_select` on slot ids), padding masked, and the G = H / H_kv query
+  heads sharing a KV head ride along as G "query positions" of that head;
+- a prefill chunk attends causally to its own keys (a fresh prompt, no gather) or to its
+  cached prefix plus the chunk (gathered, with an offset causal mask).
+
+New keys and values are written into their slots before attention reads them. Logits are
+computed only for the rows that need a next token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from minirepro.core.model import Transformer, causal_mask, rope_cos_sin
+from minirepro.papers.serve.kv_cache import PagedKVCache
+
+
+@dataclass
+class SeqWork:
+    """What one sequence contributes to an iteration.
+
+    Attributes:
+        start: position of the first scheduled token (= tokens already in the cache).
+        num_tokens: tokens scheduled now, at positions start .. start + num_tokens - 1.
+        block_table: the sequence's blocks, covering at least start + num_tokens positions.
+        sample: whether the last scheduled token's logits are wanted.
+    """
+
+    start: int
+    num_tokens: int
+    block_table: Sequence[int]
+    sample: bool
+
+
+@dataclass
+class Prefill:
+    """A prefill chunk's rows in the flat batch and, with a cached prefix, its context slots."""
+
+    begin: int
+    end: int
+    start: int
+    ctx_slots: Tensor | None  # (start + S,) or None when start == 0
+
+
+@dataclass
+class BatchInput:
+    """Tensors of one iteration (built by `ModelRunner.prepare`; input ids come later)."""
+
+    num_tokens: int
+    positions: Tensor  # (N,)
+    slots: Tensor  # (N,) where each new token's K/V goes
+    decode_rows: Tensor | None  # (Bd,) flat rows of the decoding tokens
+    decode_slots: Tensor | None  # (Bd * T,) context slots, padded with slot 0
+    decode_mask: Tensor | None  # (Bd, 1, 1, T) True where a key is real
+    decode_len: int
+    prefills: list[Prefill] = field(default_factory=list)
+    logits_rows: Tensor | None = None  # (n_sample,)
+    input_ids: Tensor | None = None  # (N,), set by `set_input_ids`
+
+
+class ModelRunner:
+    """Runs a core `Transformer`'s weights over `BatchInput`s and a `PagedKVCache`.
+
+    The q/k/v projections and the gate/up projections are fused into one matrix each (two
+    GEMMs fewer per layer); the model itself is not modified.
+    """
+
+    def __init__(self, model: Transformer, cache: PagedKVCache) -> None:
+        cfg = model.cfg
+        for i in range(cfg.n_layer):
+            if cfg.mixer_of(i) != "attention":
+                raise ValueError(
+                    f"the engine runs attention layers only; layer {i} uses {cfg.mixer_of(i)!r}"
+                )
+        if cfg.mask != "causal":
+            raise ValueError(f"the engine supports mask='causal' only, got {cfg.mask!r}")
+        self.model, self.cache, self.cfg = model, cache, cfg
+        self.block_size = cache.block_size
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        w = model.embed.weight
+        self.dtype, self.device = w.dtype, w.device
+        with torch.no_grad():
+            self.w_qkv = [
+                torch.cat([b.mixer.wq.weight, b.mixer.wk.weight, b.mixer.wv.weight]).contiguous()
+                for b in model.layers
+            ]
+            self.w_gate_up = [
+                torch.cat([b.mlp.w_gate.weight, b.mlp.w_up.weight]).contiguous()
+                for b in model.layers
+            ]
+        self.cos, self.sin = rope_cos_sin(
+            torch.arange(cfg.max_seq_len, device=self.device),
+            cfg.head_dim,
+            cfg.rope_theta,
+            self.dtype,
+        )  # (max_seq_len, head_dim) each
+
+    # ------------------------------------------------------------------ metadata
+    def _slots(self, table: Sequence[int], begin: int, end: int) -> list[int]:
+        bs = self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(begin, end)]
+
+    def prepare(self, work: Sequence[SeqWork]) -> BatchInput:
+        """Positions, write slots, attention gathers and logit rows of one iteration."""
+        bs = self.block_size
+        positions: list[int] = []
+        slots: list[int] = []
+        decode_rows: list[int] = []
+        decode_tables: list[Sequence[int]] = []
+        decode_lens: list[int] = []
+        prefills: list[Prefill] = []
+        logits_rows: list[int] = []
+        row = 0
+        for w in work:
+            end = w.start + w.num_tokens
+            if end > len(w.block_table) * bs:
+                raise ValueError(f"block table of {len(w.block_table)} blocks cannot hold {end}")
+            positions.extend(range(w.start, end))
+            slots.extend(self._slots(w.block_table, w.start, end))
+            if w.num_tokens == 1 and w.start > 0:
+                decode_rows.append(row)
+                decode_tables.append(w.block_table)
+                decode_lens.append(end)
+            else:
+                ctx = None
+                if w.start > 0:
+                    ctx = torch.tensor(self._slots(w.block_table, 0, end), dtype=torch.long)
+                prefills.append(Prefill(row, row + w.num_tokens, w.start, ctx))
+            row += w.num_tokens
+            if w.sample:
+                logits_rows.append(row - 1)
+        batch = BatchInput(
+            num_tokens=row,
+            positions=torch.tensor(positions, dtype=torch.long),
+            slots=torch.tensor(slots, dtype=torch.long),
+            decode_rows=None,
+            decode_slots=None,
+            decode_mask=None,
+            decode_len=0,
+            prefills=prefills,
+            logits_rows=torch.tensor(logits_rows, dtype=torch.long),
+        )
+        if decode_rows:
+            T = max(decode_lens)
+            nb = (T + bs - 1) // bs
+            table = torch.tensor([list(t[:nb]) + [0] * (nb - len(t[:nb])) for t in decode_tables])
+            # (Bd, nb, bs) slot ids -> (Bd, T)
+            slot_ids = (table[:, :, None] * bs + torch.arange(bs)).view(len(decode_rows), -1)[:, :T]
+            lens = torch.tensor(decode_lens)
+            batch.decode_rows = torch.tensor(decode_rows, dtype=torch.long)
+            batch.decode_slots = slot_ids.reshape(-1).contiguous()
+            batch.decode_mask = (torch.arange(T)[None, :] < lens[:, None])[:, None, None, :]
+            batch.decode_len = T
+        return batch
+
+    @staticmethod
+    def set_input_ids(batch: BatchInput, input_ids: Sequence[int]) -> None:
+        if len(input_ids) != batch.num_tokens:
+            raise ValueError(f"{len(input_ids)} input ids for {batch.num_tokens} scheduled tokens")
+        batch.input_ids = torch.tensor(input_ids, dtype=torch.long)
+
+    # ------------------------------------------------------------------ forward
+    def _attention(self, layer: int, batch: BatchInput, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (N, H, D), k/v (N, H_kv, D) of the new tokens (already in the cache) -> (N, H, D)."""
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        k_flat, v_flat = self.cache.k_flat[layer], self.cache.v_flat[layer]
+        only_decode = not batch.prefills
+        out = None if only_decode else torch.empty_like(q)
+        if batch.decode_rows is not None:
+            Bd, T = batch.decode_rows.numel(), batch.decode_len
+            qd = q if only_decode else q.index_select(0, batch.decode_rows)
+            qd = qd.view(Bd, Hkv, H // Hkv, D)  # the G heads of a KV head as G queries
+            kd = k_flat.index_select(0, batch.decode_slots).view(Bd, T, Hkv, D).transpose(1, 2)
+            vd = v_flat.index_select(0, batch.decode_slots).view(Bd, T, Hkv, D).transpose(1, 2)
+            yd = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
+            yd = yd.reshape(Bd, H, D)
+            if only_decode:
+                return yd
+            out.index_copy_(0, batch.decode_rows, yd)
+        for p in batch.prefills:
+            S = p.end - p.begin
+            qp = q[p.begin : p.end].transpose(0, 1)[None]  # (1, H, S, D)
+            if p.ctx_slots is None:
+                kp = k[p.begin : p.end].transpose(0, 1)[None]  # (1, Hkv, S, D)
+                vp = v[p.begin : p.end].transpose(0, 1)[None]
+                y = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=H != Hkv)
+            else:
+                T = p.ctx_slots.numel()
+                kp = k_flat.index_select(0, p.ctx_slots).transpose(0, 1)[None]  # (1, Hkv, T, D)
+                vp = v_flat.index_select(0, p.ctx_slots).transpose(0, 1)[None]
+                mask = causal_mask(p.start, S, T)
+                y = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=H != Hkv)
+            out[p.begin : p.end] = y[0].transpose(0, 1)
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch: BatchInput) -> Tensor:
+        """Logits (n_sample, vocab_size) of the rows in batch.logits_rows."""
+        if batch.input_ids is None:
+            raise ValueError("input ids of the batch were not set")
+        m = self.model
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        N = batch.num_tokens
+        x = m.embed(batch.input_ids)  # (N, d_model)
+        cos = self.cos[batch.positions][:, None]  # (N, 1, D)
+        sin = self.sin[batch.positions][:, None]
+        half = D // 2
+        for i, block in enumerate(m.layers):
+            h = block.norm1(x)
+            qkv = F.linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
+            q = qkv[:, : H * D].view(N, H, D)
+            k = qkv[:, H * D : (H + Hkv) * D].view(N, Hkv, D)
+            v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
+            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
+            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
+            self.cache.k_flat[i].index_copy_(0, batch.slots, k)
+            self.cache.v_flat[i].index_copy_(0, batch.slots, v)
+            y = self._attention(i, batch, q, k, v)  # (N, H, D)
+            x = x + block.mixer.wo(y.reshape(N, H * D))
+            gu = F.linear(block.norm2(x), self.w_gate_up[i])  # (N, 2 d_ff)
+            gate, up = gu.chunk(2, dim=-1)
+            x = x + block.mlp.w_down(F.silu(gate) * up)
+        x = x.index_select(0, batch.logits_rows)  # (n_sample, d_model)
+        return m.lm_head(m.norm(x))

@@ -1,0 +1,246 @@
+"""Continuous batching: which sequences run in the next iteration, with how many tokens.
+
+Each iteration has a token budget (`max_num_batched_tokens`). Running sequences come first
+(one token each when decoding, the next chunk of their prompt when prefilling), then waiting
+ones in arrival order while the budget, `max_num_seqs` and the free blocks allow. A prompt
+longer than the remaining budget is prefilled in chunks over several iterations. When the
+blocks run out, the newest running sequence is preempted: its blocks are released and it
+goes back to the front of the queue, to be recomputed (prompt and output so far) later.
+
+With async scheduling the next iteration is formed while the current one still runs: a
+sequence whose next token is not known yet counts one placeholder token.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from minirepro.papers.serve.kv_cache import BlockKey, BlockManager, block_key
+from minirepro.papers.serve.sampling import Detokenizer, SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's state inside the engine."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    detok: Detokenizer
+    stop_ids: frozenset[int]
+    arrival: int
+    conversation_id: str | None = None
+    token_ids: list[int] = field(default_factory=list)  # prompt + output
+    status: Status = Status.WAITING
+    num_computed: int = 0  # positions whose K/V is in the cache or being written
+    placeholder: int = 0  # 1 while the next token is being computed (async)
+    block_table: list[int] = field(default_factory=list)
+    block_keys: list[BlockKey] = field(default_factory=list)  # keys of named full blocks
+    num_registered: int = 0
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache / KV offload
+    first_scheduled: bool = False
+    epoch: int = 0  # bumped on preemption: results of older iterations no longer apply
+    finish_reason: str | None = None
+    new_token_ids: list[int] = field(default_factory=list)  # not yet reported
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_output(self) -> int:
+        return len(self.token_ids) - len(self.prompt_ids)
+
+    @property
+    def num_total(self) -> int:
+        return len(self.token_ids) + self.placeholder
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+
+@dataclass
+class Scheduled:
+    """One sequence's part in an iteration."""
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+    sample: bool
+    epoch: int
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool
+
+
+class Scheduler:
+    """Waiting and running queues over one `BlockManager`.
+
+    `restore(seq)` is called once when a sequence is first admitted, after the prefix cache
+    lookup; it may fill more of the sequence's prefix (KV offload) and returns the number of
+    tokens it provided.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        blocks: BlockManager,
+        restore: Callable[[Sequence], int] | None = None,
+    ) -> None:
+        self.config, self.blocks = config, blocks
+        self.block_size = blocks.block_size
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.restore = restore
+        self.num_preemptions = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def free(self, seq: Sequence) -> None:
+        """Release a sequence's blocks and take it out of the queues."""
+        self.blocks.release(seq.block_table)
+        seq.block_table = []
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.release(seq.block_table)
+        seq.block_table, seq.block_keys = [], []
+        seq.num_registered = seq.num_computed = seq.placeholder = 0
+        seq.status = Status.WAITING
+        seq.epoch += 1
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        need = -(-(seq.num_computed + num_tokens) // self.block_size)
+        return max(0, need - len(seq.block_table))
+
+    def _match_prefix(self, seq: Sequence) -> None:
+        """Take the cached blocks of the sequence's longest cached prefix (never all of it:
+        the last token is always computed, it yields the logits)."""
+        bs = self.block_size
+        usable = (len(seq.token_ids) - 1) // bs
+        keys, parent = [], None
+        for b in range(usable):
+            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
+            keys.append(key)
+            parent = hash(key)
+        blocks = self.blocks.match(keys)
+        seq.block_table = blocks
+        seq.block_keys = keys[: len(blocks)]
+        seq.num_registered = len(blocks)
+        seq.num_computed = len(blocks) * bs
+
+    def schedule(self, num_tokens_left: Callable[[Sequence], int] | None = None) -> list[Scheduled]:
+        """The next iteration's work; advances each chosen sequence's num_computed."""
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        out: list[Scheduled] = []
+        preempted = False
+        scheduled_ids: set[int] = set()
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = seq.num_total - seq.num_computed
+            if n <= 0:
+                i += 1
+                continue
+            if n > budget and not cfg.enable_chunked_prefill:
+                i += 1
+                continue
+            n = min(n, budget)
+            need = self._blocks_needed(seq, n)
+            while need > self.blocks.num_available():
+                victim = self.running[-1]
+                if id(victim) in scheduled_ids:
+                    raise RuntimeError("a scheduled sequence cannot be preempted")
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING:
+                continue  # seq itself was preempted; running[i] is the next one now
+            seq.block_table += self.blocks.allocate(need)
+            out.append(self._take(seq, n))
+            scheduled_ids.add(id(seq))
+            budget -= n
+            i += 1
+        while (
+            not preempted and self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs
+        ):
+            seq = self.waiting[0]
+            prefix_hit = seq.num_computed
+            if seq.num_computed == 0 and not seq.block_table:
+                self._match_prefix(seq)
+                prefix_hit = seq.num_computed
+                if self.restore is not None:
+                    self.restore(seq)
+            n = seq.num_total - seq.num_computed
+            if n > budget and not cfg.enable_chunked_prefill:
+                break
+            n = min(n, budget)
+            need = self._blocks_needed(seq, n)
+            if need > self.blocks.num_available():
+                self.blocks.release(seq.block_table)  # give back the prefix taken above
+                seq.block_table, seq.block_keys = [], []
+                seq.num_computed = seq.num_registered = 0
+                break
+            seq.block_table += self.blocks.allocate(need)
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            if not seq.first_scheduled:
+                self.prefix_queries += seq.num_prompt
+                self.prefix_hits += min(prefix_hit, seq.num_prompt)
+                seq.cached_tokens = min(seq.num_computed, seq.num_prompt)
+            seq.first_scheduled = True
+            self.running.append(seq)
+            out.append(self._take(seq, n))
+            budget -= n
+        return out
+
+    def _take(self, seq: Sequence, n: int) -> Scheduled:
+        s = Scheduled(seq, seq.num_computed, n, seq.num_computed + n == seq.num_total, seq.epoch)
+        seq.num_computed += n
+        return s
+
+    def register_computed(self, s: Scheduled) -> None:
+        """Name the blocks that iteration `s` filled, so later requests can share them."""
+        seq = s.seq
+        if seq.epoch != s.epoch or seq.status is not Status.RUNNING:
+            return
+        bs = self.block_size
+        full = min(s.start + s.num_tokens, len(seq.token_ids)) // bs
+        while seq.num_registered < full:
+            b = seq.num_registered
+            parent = hash(seq.block_keys[-1]) if seq.block_keys else None
+            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
+            seq.block_keys.append(key)
+            self.blocks.register(seq.block_table[b], key)
+            seq.num_registered += 1
