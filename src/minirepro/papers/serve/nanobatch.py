@@ -130,6 +130,7 @@ class OpCosts:
             b is busy (factors multiply when several lanes are busy); missing pairs are 1.
         layer_stages: The dependency stages of one layer (see CPU_LAYER_STAGES).
         meta: What was measured, how, and when (free-form, JSON-ready).
+        plans: `search`'s memo of plans found with these costs (not saved).
     """
 
     device: str
@@ -139,6 +140,7 @@ class OpCosts:
     interference: dict[str, dict[str, float]] = field(default_factory=dict)
     layer_stages: tuple[tuple[str, ...], ...] = CPU_LAYER_STAGES
     meta: dict[str, Any] = field(default_factory=dict)
+    plans: dict[tuple, NanoPlan] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_layer < 1:
@@ -592,9 +594,6 @@ def _refine(
     return best, dataclasses.replace(plan, sizes=sizes)
 
 
-_SEARCH_CACHE: dict[tuple, NanoPlan] = {}
-
-
 def _bucket(b: BatchShape) -> tuple:
     """Memo key: shapes that differ by a little context or a few prefill tokens share a
     plan (the decode count stays exact, since the plan's sizes must sum to it)."""
@@ -633,8 +632,8 @@ def search(
     """
     if not isinstance(max_nano, int) or max_nano < 1:
         raise ValueError(f"max_nano must be an int >= 1, got {max_nano!r}")
-    ck = (id(costs), _bucket(batch), max_nano, keep, budget)
-    hit = _SEARCH_CACHE.get(ck)
+    ck = (_bucket(batch), max_nano, keep, budget)
+    hit = costs.plans.get(ck)
     if hit is not None:
         return hit
     scored = sorted(
@@ -651,9 +650,9 @@ def search(
         m, q = _refine(costs, batch, p, budget)
         if m < best_m * (1 - 1e-9):
             best_m, best = m, q
-    if len(_SEARCH_CACHE) > 4096:
-        _SEARCH_CACHE.clear()
-    _SEARCH_CACHE[ck] = best
+    if len(costs.plans) > 4096:
+        costs.plans.clear()
+    costs.plans[ck] = best
     return best
 
 
