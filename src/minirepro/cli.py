@@ -1,10 +1,11 @@
-"""The `minirepro` command line: list, run, bench, report.
+"""The `minirepro` command line: list, run, bench, report, serve.
 
     minirepro list
     minirepro run flow --preset smoke -o n_steps=200
     minirepro run all
     minirepro bench flexattn
     minirepro report runs/
+    minirepro serve --model smollm2 --port 8000
 
 Heavy libraries (torch, matplotlib) are imported by the papers when they run, not here,
 so `minirepro --help` and `minirepro list` stay fast.
@@ -252,6 +253,117 @@ def report(
         raise _fail(f"no result.json under {runs_dir}", code=1)
     md, html = write_report(runs, out or runs_dir, papers=registry.paper_meta())
     console.print(f"{md}\n{html}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(help="'smollm2', or a core checkpoint: folder, run folder or .safetensors."),
+    ] = "smollm2",
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The model id clients send (default: smollm2 / folder name).")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per KV block.")] = None,
+    num_blocks: Annotated[int | None, typer.Option(help="KV blocks in the pool.")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Running sequences at most.")] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(help="Token budget per iteration.")
+    ] = None,
+    prefix_caching: Annotated[
+        bool | None, typer.Option("--prefix-caching/--no-prefix-caching", help="Prefix cache.")
+    ] = None,
+    chunked_prefill: Annotated[
+        bool | None,
+        typer.Option("--chunked-prefill/--no-chunked-prefill", help="Chunked prefill."),
+    ] = None,
+    async_scheduling: Annotated[
+        bool | None, typer.Option(help="Prepare iteration i+1 while i runs.")
+    ] = None,
+    nano_batches: Annotated[
+        str | None, typer.Option(help="Nano-batches per iteration: a count, or 'auto'.")
+    ] = None,
+    offload_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the KV offload of finished turns.")
+    ] = None,
+    offload_max_mib: Annotated[
+        int | None, typer.Option(help="Disk budget of the KV offload (MiB).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, /metrics)."""
+    import ipaddress
+    import socket
+
+    try:
+        import uvicorn
+
+        from minirepro.papers.serve.async_engine import AsyncEngine
+        from minirepro.papers.serve.engine import EngineConfig, LLMEngine
+        from minirepro.papers.serve.server import create_app, load_served_model
+    except ImportError as exc:
+        raise _fail(f"{exc}; install the server with: pip install -e '.[serve]'") from None
+    options = {
+        "block_size": block_size,
+        "num_blocks": num_blocks,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "enable_prefix_caching": prefix_caching,
+        "enable_chunked_prefill": chunked_prefill,
+        "async_scheduling": async_scheduling,
+        "offload_dir": str(offload_dir) if offload_dir is not None else None,
+        "offload_max_bytes": offload_max_mib << 20 if offload_max_mib is not None else None,
+        "nano_batches": (
+            int(nano_batches)
+            if nano_batches is not None and nano_batches.isdigit()
+            else nano_batches
+        ),
+    }
+    try:
+        config = EngineConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        with console.status(f"loading {model}"):
+            served = load_served_model(model)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        sock.close()
+        raise _fail(str(exc)) from None
+    engine = LLMEngine(served.model, served.tokenizer, config, eos_token_ids=served.eos_token_ids)
+    async_engine = AsyncEngine(engine)
+    name = served_model_name or served.name
+    api = create_app(
+        async_engine, model_name=name, tokenizer=served.tokenizer, chat_encoder=served.chat_encoder
+    )
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err_console.print(
+            Text(
+                f"warning: {host} is reachable from other machines; there is no authentication",
+                "yellow",
+            )
+        )
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"serving [bold]{name}[/bold] at http://{shown}:{port}/v1 (Ctrl-C stops)")
+    try:
+        uvicorn.Server(uvicorn.Config(api, log_level=log_level)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled once it has stopped
+        pass
+    finally:
+        async_engine.shutdown()
+        engine.close()
+        sock.close()
 
 
 if __name__ == "__main__":
