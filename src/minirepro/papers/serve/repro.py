@@ -16,6 +16,7 @@ The measurement functions are shared with benchmarks/serve.py.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -57,6 +58,7 @@ class Config:
         offload_tokens: Length of the first turn of the offload conversation.
         offload_reps: Alternated repetitions of the TTFT measurement.
         num_blocks: KV blocks of the engine's pool.
+        peak_sizes: Matrix sizes of the peak matmul FLOP/s measurement.
         threads: torch threads (None: leave as is).
         seed: Seed of workloads and the random model.
     """
@@ -82,6 +84,7 @@ class Config:
     offload_tokens: int = 400
     offload_reps: int = 3
     num_blocks: int = 2048
+    peak_sizes: tuple[int, ...] = (512, 1024, 2048)
     threads: int | None = None
     seed: int = 0
 
@@ -103,6 +106,7 @@ PRESETS = {
         offload_tokens=200,
         offload_reps=2,
         num_blocks=256,
+        peak_sizes=(256, 512),
         threads=1,  # tiny ops: one thread is robust on a machine shared with other jobs
     ),
     "quick": Config(),
@@ -253,12 +257,12 @@ def run_hf_static(hf, wl: Workload, batch_size: int) -> tuple[float, list[list[i
     return time.perf_counter() - t0, outs
 
 
-def optimal_tok_s(model) -> tuple[float, float]:
+def optimal_tok_s(model, sizes: tuple[int, ...] = (512, 1024, 2048)) -> tuple[float, float]:
     """(optimal tokens/s, peak FLOP/s): measured peak matmul FLOP/s / (2 x parameters).
 
     The peak is measured afresh (not the per-process cache) at the current thread count.
     """
-    peak = peak_matmul_flops.__wrapped__()
+    peak = peak_matmul_flops.__wrapped__(tuple(sizes))
     return peak / (2 * model.num_params()), peak
 
 
@@ -368,18 +372,29 @@ def measure_nano(model, cfg: Config, tokenizer=None) -> dict[str, float]:
             started |= {o.request_id for o in eng.step() if o.new_token_ids}
         engines[k] = eng
     times: dict[object, list[float]] = {k: [] for k in engines}
+    host = _time_methods(engines[1], [("scheduler", "schedule"), ("runner", "prepare")])
     try:
         for r in range(steps):
+            if r == 2:  # two warm-up rounds
+                host.clear()
             for k, eng in engines.items():
                 t0 = time.perf_counter()
                 eng.step()
-                if r >= 2:  # two warm-up rounds
+                if r >= 2:
                     times[k].append(time.perf_counter() - t0)
         plan_auto = engines["auto"].last_plan
     finally:
         for eng in engines.values():
             eng.close()
     med = {k: statistics.median(v) for k, v in times.items()}
+    # The engine's own host work before the forward (scheduling, batch metadata), measured
+    # in the unsplit engine, joins the cost model as the "schedule" op.
+    sched_s = sum(host.values()) / max(1, len(times[1]))
+    costs = dataclasses.replace(
+        costs,
+        curves=costs.curves | {"schedule": nb.Curve([float(cfg.nano_seqs)], [sched_s])},
+        plans={},
+    )
     shape = nb.BatchShape(0, cfg.nano_seqs, cfg.nano_context + 4)
     sim1 = nb.simulate(costs, shape, nb.unsplit(shape)).makespan
     sim2 = nb.simulate(costs, shape, nb.NanoPlan(_halves(cfg.nano_seqs))).makespan
@@ -395,8 +410,27 @@ def measure_nano(model, cfg: Config, tokenizer=None) -> dict[str, float]:
         "sim_2_over_1": sim2 / sim1,
         "sim_over_measured_1": sim1 / med[1],
         "auto_plan": plan.sizes,
+        "host_schedule_prepare_s": sched_s,
         "engine_auto_plan": getattr(plan_auto, "sizes", None),
     }
+
+
+def _time_methods(engine, names: list[tuple[str, str]]) -> dict[str, float]:
+    """Accumulates the seconds spent in `engine.<part>.<method>` (instance wrappers)."""
+    acc: dict[str, float] = {}
+    for part, method in names:
+        obj = getattr(engine, part)
+        fn = getattr(obj, method)
+
+        def timed(*args, _fn=fn, _key=f"{part}.{method}", **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                acc[_key] = acc.get(_key, 0.0) + time.perf_counter() - t0
+
+        setattr(obj, method, timed)
+    return acc
 
 
 def _halves(n: int) -> list[int]:
@@ -532,7 +566,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         if step == "throughput":
             m.update(throughput(model, hf, cfg, out, tok))
         elif step == "optimal":
-            opt, peak = optimal_tok_s(model)
+            opt, peak = optimal_tok_s(model, cfg.peak_sizes)
             m.update(optimal_tok_s=opt, peak_flops=peak, params=model.num_params())
         elif step == "sweep":
             m["sweep"] = batch_sweep(model, cfg, tok)
