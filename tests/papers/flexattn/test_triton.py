@@ -121,11 +121,70 @@ def test_unsupported_mods_raise_value_error(score_mod, mask_mod, match):
         flex_attention(q, k, v, score_mod, bm, kernel_options=TRITON)
 
 
-def test_forward_only_and_block_size_errors():
-    q, k, v = _qkv(1, 1, 1, 32, 32, 16, 0)
-    bm = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=16)
-    with pytest.raises(NotImplementedError, match="forward-only"):
-        flex_attention(q.requires_grad_(), k, v, block_mask=bm, kernel_options=TRITON)
+def test_block_size_and_alibi_errors():
+    q, k, v = _qkv(1, 2, 2, 32, 32, 16, 0)
     bm8 = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=8)
     with pytest.raises(ValueError, match="power-of-2 block sizes >= 16"):
-        flex_attention(q.detach(), k, v, block_mask=bm8, kernel_options=TRITON)
+        flex_attention(q, k, v, block_mask=bm8, kernel_options=TRITON)
+    bm = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="too few slopes"):
+        flex_attention(q, k, v, make_alibi(1), bm, kernel_options=TRITON)
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def rel_bias(score, b, h, q_idx, kv_idx):
+    """An additive relative-position bias written as index arithmetic."""
+    return score + 0.05 * (q_idx - kv_idx) - 0.1 * h
+
+
+def _one(score, b, h, q_idx, kv_idx):
+    return 1.0
+
+
+rel_bias.score_grad = _one  # its derivative w.r.t. the score, for the Triton backward
+
+GRAD_CASES = {
+    # name: mask_mod, score_mod, (B, H, Hkv, S, T, block)
+    "causal": (make_causal(), None, (1, 2, 1, 77, 77, 32)),
+    "sliding_window_softcap": (make_sliding_window(13), make_softcap(2.0), (1, 2, 2, 77, 77, 16)),
+    "document_alibi_gqa": (
+        make_document([0, 17, 18, 50, 77]),
+        make_alibi(4),
+        (1, 4, 2, 77, 77, 32),
+    ),
+    "prefix_lm_rect": (make_prefix_lm(21), None, (2, 2, 2, 45, 77, (16, 32))),
+    "fully_masked_rows_rel_bias": (late_start, rel_bias, (2, 2, 1, 50, 50, 16)),
+    "per_head_noop_score": (per_head, None, (1, 2, 2, 40, 40, 16)),
+}
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_backward_matches_dense_autograd(case):
+    mm, sm, (B, H, Hkv, S, T, block) = GRAD_CASES[case]
+    q, k, v = (x.requires_grad_() for x in _qkv(B, H, Hkv, S, T, 16, seed=len(case)))
+    bm = create_block_mask(mm, None, H, S, T, BLOCK_SIZE=block)
+    out = flex_attention(q, k, v, sm, bm, enable_gqa=True, kernel_options=TRITON)
+    ref_out, _ = dense_flex_attention(q, k, v, sm, mm)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(ref_out, (q, k, v), do)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"d{n}: {m}")
+    if case == "fully_masked_rows_rel_bias":
+        assert torch.all(got[0][:, :, :20] == 0)
+
+
+def test_backward_without_known_derivative_raises():
+    def scaled(score, b, h, q_idx, kv_idx):
+        return score * 0.5
+
+    q, k, v = _qkv(1, 1, 1, 32, 32, 16, 0)
+    bm = create_block_mask(make_causal(), None, None, 32, 32, BLOCK_SIZE=16)
+    with pytest.raises(NotImplementedError, match="no derivative for score_mod 'scaled'"):
+        flex_attention(q.requires_grad_(), k, v, scaled, bm, kernel_options=TRITON)
+    with torch.no_grad():  # the forward alone works
+        out = flex_attention(q, k, v, scaled, bm, kernel_options=TRITON)
+    torch.testing.assert_close(out, dense_flex_attention(q, k, v, scaled, make_causal())[0])

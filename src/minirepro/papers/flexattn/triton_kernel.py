@@ -1,4 +1,4 @@
-"""FlexAttention forward in Triton, for the same BlockMask as the CPU kernel.
+"""FlexAttention in Triton, for the same BlockMask as the CPU kernel: the forward here.
 
 One program per (query block, batch·head). It walks the query block's *full* key blocks
 (`full_kv_indices`, no mask_mod) and then its *partial* ones (`kv_indices`, mask_mod on the
@@ -17,7 +17,8 @@ and are called on the tile's index tensors: b, h scalars, q_idx (BLOCK_M, 1), kv
 - anything else (torch calls, other captured tensors, lambdas, and_masks/or_masks) raises
   a ValueError naming what is supported.
 
-Forward only: a call that needs gradients raises (the CPU path has the backward).
+The backward (dq, dk, dv) is in `triton_bwd.py`; a call that needs gradients goes through
+`triton_bwd.TritonFlexFunction`.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _jit_user_fn(fn, kind: str):
         raise ValueError(f"{kind} {name!r} has no source for triton.jit: {e}") from e
 
 
-def _translate(fn, kind: str, device, n_pos: int) -> tuple[Any, Any]:
+def _translate(fn, kind: str, device, n_pos: int, n_head: int) -> tuple[Any, Any]:
     """(jitted fn, aux) for the kernel: aux is a tensor/float passed as the last argument."""
     code = getattr(fn, "__code__", None)
     if fn in _JITTED:
@@ -143,6 +144,8 @@ def _translate(fn, kind: str, device, n_pos: int) -> tuple[Any, Any]:
     if isinstance(aux, Tensor):
         if code is _DOC_CODE and aux.numel() < n_pos:
             raise ValueError(f"make_document covers {aux.numel()} positions, inputs need {n_pos}")
+        if code is _ALIBI_CODE and aux.numel() < n_head:
+            raise ValueError(f"make_alibi({aux.numel()}) has too few slopes for {n_head} heads")
         aux = aux.to(device)
     return jitted, aux
 
@@ -272,7 +275,11 @@ def triton_flex_attention(
     scale: float,
     return_lse: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Block-sparse attention forward in Triton (GPU, or CPU under TRITON_INTERPRET=1).
+    """Block-sparse attention in Triton (GPU, or CPU under TRITON_INTERPRET=1).
+
+    Differentiable w.r.t. query, key and value (the backward is `triton_bwd.py`) when the
+    score_mod's derivative is known to the kernel (none, ALiBi, soft-capping, or a
+    declared `score_grad`).
 
     Args:
         query: (B, H, S, D). key: (B, H_kv, T, D), value: (B, H_kv, T, Dv); H a multiple
@@ -286,14 +293,12 @@ def triton_flex_attention(
         out (B, H, S, Dv) in query's dtype and lse (B, H, S) fp32, natural log.
 
     Raises:
-        NotImplementedError: gradients are required (the Triton path is forward-only).
+        NotImplementedError: gradients are required through a score_mod whose derivative
+            the kernel does not know.
         ValueError: unsupported mask_mod/score_mod, block size or mask shape.
     """
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value)):
-        raise NotImplementedError(
-            "the Triton FlexAttention kernel is forward-only: run it under torch.no_grad() "
-            "or use CPU tensors (cpu.py has the backward)"
-        )
+    from minirepro.papers.flexattn.triton_bwd import TritonFlexFunction, score_mod_grad
+
     B, H, S, D = query.shape
     Hkv, T, Dv = key.shape[1], key.shape[2], value.shape[-1]
     qb, kb = block_mask.BLOCK_SIZE
@@ -312,9 +317,11 @@ def triton_flex_attention(
     device = query.device
     mask_fn = mask_aux = score_fn = score_aux = None
     if block_mask.mask_mod is not noop_mask:
-        mask_fn, mask_aux = _translate(block_mask.mask_mod, "mask_mod", device, max(S, T))
+        mask_fn, mask_aux = _translate(block_mask.mask_mod, "mask_mod", device, max(S, T), H)
     if score_mod is not None:
-        score_fn, score_aux = _translate(score_mod, "score_mod", device, max(S, T))
+        score_fn, score_aux = _translate(score_mod, "score_mod", device, max(S, T), H)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value))
+    score_grad = score_mod_grad(score_mod, score_fn) if needs_grad else None
 
     kv_num = block_mask.kv_num_blocks.to(device)
     kv_idx = block_mask.kv_indices.to(device)
@@ -322,25 +329,40 @@ def triton_flex_attention(
     full_num = block_mask.full_kv_num_blocks.to(device) if has_full else kv_num
     full_idx = block_mask.full_kv_indices.to(device) if has_full else kv_idx
 
-    out = torch.empty(B, H, S, Dv, dtype=query.dtype, device=device)
-    lse = torch.empty(B, H, S, dtype=torch.float32, device=device)
-    dummy = torch.empty(1, dtype=torch.int32, device=device)
-    grid = (n_q, B * H)
-    _flex_fwd[grid](
-        query, key, value, out, lse,
-        kv_num, kv_idx, full_num, full_idx,
-        dummy if mask_aux is None else mask_aux,
-        dummy if score_aux is None else score_aux,
-        *query.stride(), *key.stride(), *value.stride(), *out.stride(), *lse.stride(),
-        *_strides(kv_num, 3), *_strides(kv_idx, 4),
-        *_strides(full_num, 3), *_strides(full_idx, 4),
-        H, S, T, H // Hkv, scale,
-        D=D, DV=Dv,
-        BLOCK_D=max(16, triton.next_power_of_2(D)),
-        BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        BLOCK_M=qb, BLOCK_N=kb,
-        MASK_MOD=mask_fn, SCORE_MOD=score_fn, HAS_FULL=has_full,
-        MASK_HAS_AUX=mask_aux is not None, SCORE_HAS_AUX=score_aux is not None,
-        IEEE=query.dtype == torch.float32,
-    )  # fmt: skip
-    return out, lse
+    def launch(query, key, value):
+        out = torch.empty(B, H, S, Dv, dtype=query.dtype, device=device)
+        lse = torch.empty(B, H, S, dtype=torch.float32, device=device)
+        dummy = torch.empty(1, dtype=torch.int32, device=device)
+        _flex_fwd[(n_q, B * H)](
+            query, key, value, out, lse,
+            kv_num, kv_idx, full_num, full_idx,
+            dummy if mask_aux is None else mask_aux,
+            dummy if score_aux is None else score_aux,
+            *query.stride(), *key.stride(), *value.stride(), *out.stride(), *lse.stride(),
+            *_strides(kv_num, 3), *_strides(kv_idx, 4),
+            *_strides(full_num, 3), *_strides(full_idx, 4),
+            H, S, T, H // Hkv, scale,
+            D=D, DV=Dv,
+            BLOCK_D=max(16, triton.next_power_of_2(D)),
+            BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
+            BLOCK_M=qb, BLOCK_N=kb,
+            MASK_MOD=mask_fn, SCORE_MOD=score_fn, HAS_FULL=has_full,
+            MASK_HAS_AUX=mask_aux is not None, SCORE_HAS_AUX=score_aux is not None,
+            IEEE=query.dtype == torch.float32,
+        )  # fmt: skip
+        args = dict(
+            block_mask=block_mask,
+            kv_lists=(kv_num, kv_idx, full_num, full_idx),
+            mask_fn=mask_fn,
+            mask_aux=mask_aux,
+            score_fn=score_fn,
+            score_aux=score_aux,
+            score_grad=score_grad,
+            scale=scale,
+        )
+        return out, lse, args
+
+    if not needs_grad:
+        out, lse, _ = launch(query, key, value)
+        return out, lse
+    return TritonFlexFunction.apply(query, key, value, launch)
