@@ -490,6 +490,29 @@ def test_metrics(srv: Server) -> None:
     assert 0 <= sample_value(after, "minirepro_kv_cache_usage_ratio") <= 1
 
 
+def test_conversation_id_reaches_the_kv_offload(tmp_path: Path) -> None:
+    model, tokenizer = tiny_model(512)
+    config = EngineConfig(
+        block_size=8, num_blocks=128, enable_prefix_caching=False, offload_dir=str(tmp_path)
+    )
+    with running_server(model, tokenizer, None, (), MODEL, config) as s:
+        client = s.client()
+        first = tokenizer.encode("turn one of a conversation")
+        r1 = complete(client, first, n=10, extra_body={"conversation_id": "conv-1"})
+        answer = r1.choices[0].model_extra["token_ids"]
+        second = first + answer + tokenizer.encode(" and turn two")
+        r2 = complete(client, second, n=10, extra_body={"conversation_id": "conv-1"})
+        assert r2.choices[0].model_extra["token_ids"] == reference(s, second, 10)
+        assert s.engine.stats().offload_hits == 1
+        assert r2.usage.prompt_tokens_details.cached_tokens >= len(first) + len(answer) - 1
+        # the chat endpoint is off without a chat template
+        with s.http() as h:
+            r = h.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+            )
+        assert r.status_code == 400 and "chat template" in r.json()["error"]["message"]
+
+
 # ----- AsyncEngine on its own -----------------------------------------------------------------
 def test_async_engine_early_stop_and_shutdown() -> None:
     import asyncio
@@ -562,8 +585,8 @@ def test_load_checkpoint_model(tmp_path: Path) -> None:
     ]:
         served = load_checkpoint_model(path)
         assert served.model.cfg == model.cfg
-        for a, b in zip(served.model.state_dict().values(), model.state_dict().values()):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        theirs = served.model.state_dict()
+        assert all(torch.equal(theirs[k], v) for k, v in model.state_dict().items())
         assert served.tokenizer.core == tokenizer.core
         assert served.eos_token_ids == (tokenizer.eos_token_id,)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):

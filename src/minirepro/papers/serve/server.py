@@ -357,6 +357,15 @@ def create_app(
     vocab = vocab_size or getattr(model_cfg, "vocab_size", None)
     if max_len is None or vocab is None:
         raise ValueError("pass max_model_len and vocab_size: the engine has no model.cfg")
+    engine_cfg = getattr(async_engine.engine, "config", None)
+    if hasattr(engine_cfg, "num_blocks") and hasattr(engine_cfg, "block_size"):
+        # one request's prompt + output must also fit in the whole KV pool
+        limit = min(max_len, engine_cfg.num_blocks * engine_cfg.block_size)
+    else:
+        limit = max_len
+    where = f"the model's context is {max_len} tokens" + (
+        f", the KV cache holds {limit}" if limit < max_len else ""
+    )
     metrics = ServerMetrics(async_engine.stats)
     created = int(time.time())
     app = FastAPI(title="minirepro serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -410,7 +419,7 @@ def create_app(
             raise _bad(f"model '{model_name}' has no tokenizer: send token ids", param)
         try:
             return list(tokenizer.encode(text))
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # HF: TypeError on a lone surrogate
             raise _bad(f"cannot tokenise {param}: {exc}", param) from None
 
     def check_ids(ids: list[int], param: str) -> list[int]:
@@ -424,11 +433,10 @@ def create_app(
     def sampling_params(
         body: _GenerationBody, max_tokens: int | None, prompt_len: int, param: str
     ) -> SamplingParams:
-        room = max_len - prompt_len
+        room = limit - prompt_len
         if room < 1:
             raise _bad(
-                f"{param} has {prompt_len} tokens; this model's context is {max_len} tokens, "
-                "which leaves no room for output",
+                f"{param} has {prompt_len} tokens, which leaves no room for output ({where})",
                 param,
                 "context_length_exceeded",
             )
@@ -436,10 +444,10 @@ def create_app(
             max_tokens = room
         elif max_tokens < 1:
             raise _bad(f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
-        elif prompt_len + max_tokens > max_len:
+        elif prompt_len + max_tokens > limit:
             raise _bad(
-                f"this model's context is {max_len} tokens; {param} has {prompt_len} and "
-                f"max_tokens asks for {max_tokens} more",
+                f"{param} has {prompt_len} tokens and max_tokens asks for {max_tokens} more; "
+                f"at most {limit} fit ({where})",
                 param,
                 "context_length_exceeded",
             )
