@@ -302,7 +302,8 @@ def serve(
 
         from minirepro.papers.serve.async_engine import AsyncEngine
         from minirepro.papers.serve.engine import EngineConfig, LLMEngine
-        from minirepro.papers.serve.server import create_app, load_served_model
+        from minirepro.papers.serve.served_model import load_served_model
+        from minirepro.papers.serve.server import create_app
     except ImportError as exc:
         raise _fail(f"{exc}; install the server with: pip install -e '.[serve]'") from None
     options = {

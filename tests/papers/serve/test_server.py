@@ -37,12 +37,12 @@ from minirepro.core.tokenizer import CharTokenizer  # noqa: E402
 from minirepro.papers.serve.async_engine import AsyncEngine, EngineError  # noqa: E402
 from minirepro.papers.serve.engine import EngineConfig, LLMEngine  # noqa: E402
 from minirepro.papers.serve.sampling import SamplingParams  # noqa: E402
-from minirepro.papers.serve.server import (  # noqa: E402
+from minirepro.papers.serve.served_model import (  # noqa: E402
     CoreTokenizerAdapter,
-    create_app,
     load_checkpoint_model,
     make_plain_chat_encoder,
 )
+from minirepro.papers.serve.server import create_app  # noqa: E402
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.?!:\n"
 MODEL = "tiny"
@@ -493,7 +493,7 @@ def test_metrics(srv: Server) -> None:
 def test_conversation_id_reaches_the_kv_offload(tmp_path: Path) -> None:
     model, tokenizer = tiny_model(512)
     config = EngineConfig(
-        block_size=8, num_blocks=128, enable_prefix_caching=False, offload_dir=str(tmp_path)
+        block_size=8, num_blocks=48, enable_prefix_caching=False, offload_dir=str(tmp_path)
     )
     with running_server(model, tokenizer, None, (), MODEL, config) as s:
         client = s.client()
@@ -510,7 +510,10 @@ def test_conversation_id_reaches_the_kv_offload(tmp_path: Path) -> None:
             r = h.post(
                 "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
             )
-        assert r.status_code == 400 and "chat template" in r.json()["error"]["message"]
+            assert r.status_code == 400 and "chat template" in r.json()["error"]["message"]
+            # 48 blocks of 8 hold 384 positions, fewer than the model's 512
+            r = h.post("/v1/completions", json={"prompt": [5] * 300, "max_tokens": 100})
+        assert r.status_code == 400 and "the KV cache holds 384" in r.json()["error"]["message"]
 
 
 # ----- AsyncEngine on its own -----------------------------------------------------------------
