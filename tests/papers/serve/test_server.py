@@ -516,6 +516,22 @@ def test_conversation_id_reaches_the_kv_offload(tmp_path: Path) -> None:
         assert r.status_code == 400 and "the KV cache holds 384" in r.json()["error"]["message"]
 
 
+def test_async_scheduling_and_nano_batches_behind_the_server() -> None:
+    model, tokenizer = tiny_model(512)
+    config = EngineConfig(block_size=8, num_blocks=256, async_scheduling=True, nano_batches=2)
+    with running_server(model, tokenizer, None, (), MODEL, config) as s:
+        prompts = [f"prompt number {i} of eight" for i in range(8)]
+        want = generate_many(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=8)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda p: complete(s.client(), p, n=8), prompts))
+        assert [r.choices[0].model_extra["token_ids"] for r in got] == want
+        body = {"prompt": "long", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        with s.http() as h, h.stream("POST", "/v1/completions", json=body) as r:
+            next(r.iter_lines())
+        wait_idle(s)
+        assert sample_value(scrape(s), "minirepro_requests_total", finish_reason="abort") == 1
+
+
 # ----- AsyncEngine on its own -----------------------------------------------------------------
 def test_async_engine_early_stop_and_shutdown() -> None:
     import asyncio

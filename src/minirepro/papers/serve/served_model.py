@@ -216,7 +216,8 @@ def load_checkpoint_model(path: str | Path) -> ServedModel:
             chat = _hf_chat_encoder(tokenizer)
         else:
             chat = make_plain_chat_encoder(tokenizer.encode)
-    return ServedModel(weights.parent.name, model.eval(), tokenizer, chat, eos)
+    name = Path(path).name if Path(path).is_dir() else weights.parent.name
+    return ServedModel(name, model.eval(), tokenizer, chat, eos)
 
 
 def _hf_chat_encoder(tokenizer: Any) -> Callable[[list[dict[str, str]]], list[int]]:
