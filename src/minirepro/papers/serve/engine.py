@@ -174,7 +174,7 @@ class LLMEngine:
         self.offload: OffloadStore | None = None
         if config.offload_dir:
             fp = hashlib.sha256(
-                repr((cfg.to_dict(), str(w.dtype), float(w.float().sum()))).encode()
+                repr((cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()))).encode()
             ).hexdigest()[:16]
             self.offload = OffloadStore(config.offload_dir, config.offload_max_bytes, fp)
         self.offload_hits = self.offload_misses = 0
@@ -351,28 +351,13 @@ class LLMEngine:
 
         if self.nano_costs is None:
             self.nano_costs = nanobatch.default_costs(self.model, self.tokenizer)
-        decode = [s for s in work if s.num_tokens == 1 and s.start > 0]
-        prefill = [s for s in work if not (s.num_tokens == 1 and s.start > 0)]
-        shape = nanobatch.BatchShape(
-            num_prefill_tokens=sum(s.num_tokens for s in prefill),
-            num_decode_seqs=len(decode),
-            mean_context=sum(s.start for s in decode) / max(1, len(decode)),
-            num_prefill_seqs=len(prefill),
-            prefill_context=sum(s.start for s in prefill) / max(1, len(prefill)),
-        )
+        shape = nanobatch.BatchShape.from_work([(s.start, s.num_tokens) for s in work])
         plan = nanobatch.search(self.nano_costs, shape, max_nano=4)
         self.last_plan = plan
-        groups: list[list[Scheduled]] = []
-        at = 0
-        for j, size in enumerate(plan.sizes):
-            group = decode[at : at + size]
-            at += size
-            if j == plan.prefill_nano:
-                group = prefill + group
-            groups.append(group)
+        groups = plan.assign([s.num_tokens == 1 and s.start > 0 for s in work])
         # "layer" order (layer-wise interleaving) is not run here: nano-batches go whole,
         # one after another, which is what lets host work overlap on a CPU.
-        return [g for g in groups if g]
+        return [[work[i] for i in g] for g in groups]
 
     def _launch(self, work: list[Scheduled]) -> _Launched:
         groups = [work]
