@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 import torch
@@ -65,12 +66,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model, hf, tok = repro.load_models(cfg)
     load_s = time.perf_counter() - t0
-    thr = repro.throughput(model, hf, cfg, None, tok)
+    thr = repro.throughput(model, hf, cfg, None, tok, progress=_progress)
     if thr["greedy_match_hf"] < 1:
         raise SystemExit(
             f"engine tokens differ from HF generate: {thr['greedy_match_hf']:.0%} equal"
         )
     opt, peak = repro.optimal_tok_s(model)
+    _progress(f"optimal {opt:.0f} tok/s (peak {peak / 1e9:.0f} GFLOP/s)")
     off = repro.measure_offload(model, cfg, tok)
     report = BenchReport("serve")
     common = dict(requests=cfg.num_requests, output_tokens=thr["output_tokens"])
@@ -105,6 +107,10 @@ def main() -> None:
         note="hf_sequential is a rate measured on a subset of the same workload",
     )
     report.emit(args.out)
+
+
+def _progress(text: str) -> None:
+    print(f"[serve] {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

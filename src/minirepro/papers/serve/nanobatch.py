@@ -499,6 +499,7 @@ def simulate(costs: OpCosts, batch: BatchShape, plan: NanoPlan) -> Schedule:
     plan.check(batch)
     ops = _build_ops(costs, batch, plan)
     lanes = list(dict.fromkeys(o.lane for o in ops))
+    shown = [lane for lane in lanes if any(o.work > 0 for o in ops if o.lane == lane)]
     ready: dict[str, list] = {lane: [] for lane in lanes}
     for idx, o in enumerate(ops):
         if o.deps == 0:
@@ -532,8 +533,8 @@ def simulate(costs: OpCosts, batch: BatchShape, plan: NanoPlan) -> Schedule:
                 done += 1
     segments.sort(key=lambda s: (s.start, s.lane))
     order = ["compute", "memory", "network", "host"]
-    lanes.sort(key=lambda x: order.index(x) if x in order else len(order))
-    return Schedule(segments, t, plan, batch, lanes)
+    shown.sort(key=lambda x: order.index(x) if x in order else len(order))
+    return Schedule(segments, t, plan, batch, shown or lanes)
 
 
 # --------------------------------------------------------------------------- search

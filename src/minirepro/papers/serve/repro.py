@@ -396,8 +396,9 @@ def measure_nano(model, cfg: Config, tokenizer=None) -> dict[str, float]:
         plans={},
     )
     shape = nb.BatchShape(0, cfg.nano_seqs, cfg.nano_context + 4)
-    sim1 = nb.simulate(costs, shape, nb.unsplit(shape)).makespan
-    sim2 = nb.simulate(costs, shape, nb.NanoPlan(_halves(cfg.nano_seqs))).makespan
+    whole = nb.simulate(costs, shape, nb.unsplit(shape))
+    halves = nb.simulate(costs, shape, nb.NanoPlan(_halves(cfg.nano_seqs)))
+    sim1, sim2 = whole.makespan, halves.makespan
     plan = nb.search(costs, shape)
     return {
         "step_1_s": med[1],
@@ -412,6 +413,7 @@ def measure_nano(model, cfg: Config, tokenizer=None) -> dict[str, float]:
         "auto_plan": plan.sizes,
         "host_schedule_prepare_s": sched_s,
         "engine_auto_plan": getattr(plan_auto, "sizes", None),
+        "cpu_schedules": (whole, halves),
     }
 
 
@@ -478,8 +480,14 @@ def load_models(cfg: Config):
     raise ValueError(f"Config.model must be 'smollm2' or 'random', got {cfg.model!r}")
 
 
-def throughput(model, hf, cfg: Config, out: RunDir | None, tokenizer=None) -> dict[str, float]:
-    """Engine vs HF sequential vs HF static batches: output tok/s, alternated in rounds."""
+def throughput(
+    model, hf, cfg: Config, out: RunDir | None, tokenizer=None, progress=None
+) -> dict[str, float]:
+    """Engine vs HF sequential vs HF static batches: output tok/s, alternated in rounds.
+
+    `progress(text)`, if given, is told each contender's rate as it is measured.
+    """
+    say = progress or (lambda text: None)
     wl = make_workload(
         cfg.num_requests,
         model.cfg.vocab_size,
@@ -494,6 +502,7 @@ def throughput(model, hf, cfg: Config, out: RunDir | None, tokenizer=None) -> di
     _, ours = run_engine(model, few, engine_config(cfg))
     _, ref = run_hf_sequential(hf, few)
     check = sum(a == b for a, b in zip(ours, ref)) / len(ref)
+    say(f"greedy tokens equal HF on {len(ref)} requests: {check:.0%}")
     rates: dict[str, list[float]] = {"engine": [], "hf_sequential": [], "hf_static": []}
     totals: dict[str, list[float]] = {"engine": []}
     static_match = []
@@ -503,12 +512,15 @@ def throughput(model, hf, cfg: Config, out: RunDir | None, tokenizer=None) -> di
         t, eng_out = run_engine(model, wl, engine_config(cfg), tokenizer)
         rates["engine"].append(wl.output_tokens / t)
         totals["engine"].append((wl.output_tokens + wl.prompt_tokens) / t)
+        say(f"round {r}: engine {rates['engine'][-1]:.1f} output tok/s ({t:.1f} s)")
         t, st_out = run_hf_static(hf, wl, cfg.static_batch)
         rates["hf_static"].append(wl.output_tokens / t)
         static_match.append(sum(a == b for a, b in zip(eng_out, st_out)) / len(st_out))
+        say(f"round {r}: hf static {rates['hf_static'][-1]:.1f} output tok/s ({t:.1f} s)")
         sub = wl.subset(rng.sample(order, min(cfg.seq_requests, len(order))))
         t, _ = run_hf_sequential(hf, sub)
         rates["hf_sequential"].append(sub.output_tokens / t)
+        say(f"round {r}: hf sequential {rates['hf_sequential'][-1]:.1f} output tok/s ({t:.1f} s)")
         if out is not None:
             out.log(phase="throughput", round=r, **{k: v[-1] for k, v in rates.items()})
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -578,8 +590,9 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         elif step == "offload":
             m.update(measure_offload(model, cfg, tok))
     pm = m.pop("paper_model")
+    cpu_schedules = m.pop("cpu_schedules")
     out.log(phase="summary", **{k: v for k, v in m.items() if k != "sweep"}, sweep=m["sweep"])
-    _figures(m, pm, out)
+    _figures(m, pm, cpu_schedules, out)
     frac_total = m["engine_total_tok_s"] / m["optimal_tok_s"]
     frac_out = m["engine_tok_s"] / m["optimal_tok_s"]
     where = f"{cfg.model}, {cfg.num_requests} requests, {torch.get_num_threads()} threads"
@@ -656,7 +669,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     ]
 
 
-def _figures(m: dict, pm: dict, out: RunDir) -> None:
+def _figures(m: dict, pm: dict, cpu_schedules, out: RunDir) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -671,6 +684,15 @@ def _figures(m: dict, pm: dict, out: RunDir) -> None:
         out.figures_dir / "nano_schedule_70b_model.png",
         titles=["MODEL 70B/8xA100, no split", f"MODEL, auto plan {split.plan.sizes}"],
         window=whole.makespan * 3 / pm["costs"].n_layer,
+    )
+    whole, halves = cpu_schedules
+    draw_schedule(
+        [whole, halves],
+        out.figures_dir / "nano_schedule_cpu.png",
+        titles=[
+            f"this CPU (measured op costs), {whole.batch.num_decode_seqs} decodes, no split",
+            f"forced 2-way split {halves.plan.sizes}",
+        ],
     )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = sorted(m["sweep"])
