@@ -7,7 +7,10 @@ Forward + backward at B=16, T=1024, N=4 heads, D=64, fp32:
 - lstm vs torch.nn.LSTM of the same total hidden size (dense recurrence, oneDNN), the input
   projection included on both sides;
 - the seconds ConstrINT takes on the GPU-style tiling set;
-- a sweep over T and D (lstm, ours vs vanilla_fwbw) with a figure.
+- a sweep over T and D (lstm, ours vs vanilla_fwbw) with a figure;
+- on a CUDA GPU only (`--gpu`, default when one is present): our Triton kernels vs
+  flashrnn's vanilla loop on the GPU and vs torch.nn.LSTM (cuDNN), same shapes. Not run
+  here so far: no GPU was lent to the sessions that wrote it (see NOTES.md).
 Outputs are checked against the reference before timing; contenders alternate, medians.
 
     python benchmarks/rnn.py [--repeats 3] [--vanilla-repeats 2] [--out runs/bench/rnn]
@@ -75,12 +78,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vanilla-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction,
+                        default=torch.cuda.is_available())  # fmt: skip
+    parser.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/rnn"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     B, T, N, D = args.B, args.T, args.N, args.D
     report = BenchReport("rnn")
     summary = {}
+
+    if args.gpu:
+        summary.update(gpu_cases(report, B, T, N, D, args.repeats))
+    if not args.cpu:
+        report.set_summary(**summary)
+        args.out.mkdir(parents=True, exist_ok=True)
+        return report.emit(args.out / "rnn.json")
 
     build_s = first_call_time(load_extension)
     report.add_case(case="cpu kernel build/load", seconds=build_s)
@@ -154,6 +167,53 @@ def main(argv: list[str] | None = None) -> dict:
     report.set_summary(**summary)
     args.out.mkdir(parents=True, exist_ok=True)
     return report.emit(args.out / "rnn.json")
+
+
+def gpu_cases(report: BenchReport, B: int, T: int, N: int, D: int, repeats: int) -> dict:
+    """Triton kernels on the GPU vs flashrnn's vanilla loop there and cuDNN's LSTM."""
+    dev = torch.device("cuda")
+    summary = {"gpu": torch.cuda.get_device_name(dev)}
+
+    def on_gpu(function):
+        Wx, R, b = (x.detach().to(dev).requires_grad_() for x in inputs(function, B, T, N, D))
+        return Wx, R, b
+
+    def triton_fn(function):
+        return lambda Wx, R, b: flashrnn(Wx, R, b, function=function, backend="triton")
+
+    for function in FUNCTIONS:
+        Wx, R, b = on_gpu(function)
+        a, _ = triton_fn(function)(Wx, R, b)
+        e, _ = pypi(function, "vanilla")(Wx, R, b)
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+        first_s = first_call_time(fwbw(triton_fn(function), Wx, R, b), sync=torch.cuda.synchronize)
+        fns = {"triton": fwbw(triton_fn(function), Wx, R, b),
+               "vanilla": fwbw(pypi(function, "vanilla"), Wx, R, b)}  # fmt: skip
+        times = time_contenders(fns, warmup=1, repeats=repeats)
+        report.add_timings(times, baseline="vanilla", case=f"gpu {function} vs vanilla", T=T, D=D)
+        summary[f"gpu_{function}_vs_vanilla"] = ratio(times["vanilla"], times["triton"])
+        summary[f"gpu_{function}_triton_s"] = times["triton"].median
+        summary[f"gpu_{function}_first_call_s"] = first_s
+    H = N * D
+    x = torch.randn(B, T, H, device=dev, requires_grad=True)
+    lstm = torch.nn.LSTM(H, H, batch_first=True).to(dev)
+    proj = torch.nn.Linear(H, 4 * H).to(dev)
+    R = (torch.randn(4, N, D, D, device=dev) / D**0.5).requires_grad_()
+    bias = torch.zeros(4, N, D, device=dev, requires_grad=True)
+
+    def run_cudnn():
+        y, _ = lstm(x)
+        y.sum().backward()
+
+    def run_triton():
+        out, _ = flashrnn(proj(x).view(B, T, 4, N, D), R, bias, function="lstm", backend="triton")
+        out[0].sum().backward()
+
+    times = time_contenders({"triton": run_triton, "cudnn": run_cudnn}, warmup=1,
+                            repeats=repeats)  # fmt: skip
+    report.add_timings(times, baseline="cudnn", case="gpu lstm vs cuDNN LSTM", T=T, D=D)
+    summary["gpu_lstm_vs_cudnn"] = ratio(times["cudnn"], times["triton"])
+    return summary
 
 
 def plot_sweep(sweep, out: Path, D: int) -> Path:

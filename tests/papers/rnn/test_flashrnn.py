@@ -147,3 +147,26 @@ def test_no_compiler_falls_back(monkeypatch):
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler found"):
         out, _ = fr.flashrnn(Wx, R, b, function="elman")
     assert out.shape == (1, 2, 3, 1, 4)
+
+
+def test_output_buffers_are_reused_only_when_free(cpu_ext):
+    """The kernel's buffer pool (outputs above 4 MiB) never hands out memory still in use."""
+    a = _inputs("lstm", 8, 512, 4, 64, with_states=False, seed=3)
+    b = _inputs("lstm", 8, 512, 4, 64, with_states=False, seed=4)
+    with torch.no_grad():
+        out_a, _ = flashrnn(*a[:3], function="lstm", backend="cpu")
+        keep = out_a.clone()
+        out_b, _ = flashrnn(*b[:3], function="lstm", backend="cpu")  # out_a is alive
+        assert out_b.data_ptr() != out_a.data_ptr()
+        assert torch.equal(out_a, keep)
+        view = out_b[0, :2]  # a view keeps the storage alive
+        ptr_b = out_b.data_ptr()
+        del out_b
+        out_c, _ = flashrnn(*a[:3], function="lstm", backend="cpu")
+        assert out_c.data_ptr() != ptr_b and out_c.data_ptr() != out_a.data_ptr()
+        del view
+        ptr_a = out_a.data_ptr()
+        del out_a
+        out_d, _ = flashrnn(*b[:3], function="lstm", backend="cpu")
+        assert out_d.data_ptr() in (ptr_a, ptr_b)  # a freed buffer came back
+        assert torch.equal(out_c, keep)

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include <sys/mman.h>
@@ -27,10 +28,14 @@ namespace {
 enum Fn { kLSTM = 0, kSLSTM = 1, kGRU = 2, kELMAN = 3 };
 
 // Vector width of the micro-kernel: 512 bits where the build machine has AVX-512.
+// Rows of the register tile: MR x 2 vector accumulators plus 2 vectors of B and a broadcast
+// must fit the register file (32 zmm with AVX-512, 16 ymm with AVX2; 8 x 2 on AVX2 spills).
 #ifdef __AVX512F__
 constexpr int kVecBytes = 64;
+constexpr int kMR = 8;
 #else
 constexpr int kVecBytes = 32;
+constexpr int kMR = 4;
 #endif
 
 template <typename T>
@@ -65,10 +70,13 @@ template <typename T, int NV>
 inline void gemm_cols(int M, int K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
                       int64_t b_rs, T* C, int64_t c_rs, bool accumulate) {
   int i = 0;
-  for (; i + 8 <= M; i += 8)
-    micro<T, 8, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
-  for (; i + 4 <= M; i += 4)
-    micro<T, 4, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
+  for (; i + kMR <= M; i += kMR)
+    micro<T, kMR, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
+  if constexpr (kMR > 4)
+    for (; i + 4 <= M; i += 4)
+      micro<T, 4, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
+  for (; i + 2 <= M; i += 2)
+    micro<T, 2, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
   for (; i < M; ++i)
     micro<T, 1, NV>(K, A + i * a_rs, a_rs, a_cs, B, b_rs, C + i * c_rs, c_rs, accumulate);
 }
@@ -158,18 +166,51 @@ RNN_INLINE void prefetch(const T* p, int64_t n, bool write) {
   }
 }
 
-// Large outputs are written once, in order: ask for transparent huge pages so the first touch
-// costs one page fault per 2 MiB rather than per 4 KiB (a large share of the run time otherwise).
+// Large outputs (out, gates, dWx: 30-70 MB each at the benchmark size) are fresh memory on
+// every call: glibc maps blocks this large with mmap and unmaps them when freed, so each call
+// pays a page fault and the kernel's zeroing of every page (a quarter of the backward's
+// time). A small pool keeps such buffers once they are free again and hands them out for the
+// next request of the same size. A buffer is free when the pool holds the only reference to
+// its storage (no tensor or view anywhere else uses it), so reuse can never alias live data.
+// New buffers ask for transparent huge pages (one fault per 2 MiB rather than per 4 KiB).
+constexpr int64_t kPoolMinBytes = int64_t(1) << 22;   // smaller ones: the normal allocator
+constexpr int64_t kPoolMaxBytes = int64_t(1) << 30;   // the pool keeps at most 1 GiB
+
 at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto t = at::empty(sizes, options);
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const int64_t nbytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  if (nbytes < kPoolMinBytes) return at::empty(sizes, options);
+  static std::mutex mu;
+  static std::vector<at::Tensor> pool;  // 1-d buffers
+  std::lock_guard<std::mutex> lock(mu);
+  int64_t held = 0;
+  for (auto& t : pool) {
+    if (t.storage().use_count() == 1 && t.nbytes() == size_t(nbytes) &&
+        t.dtype() == options.dtype())
+      return t.view(sizes);
+    held += int64_t(t.nbytes());
+  }
+  // make room: drop free buffers (largest first) until the new one fits under the cap
+  while (held + nbytes > kPoolMaxBytes) {
+    auto it = std::max_element(pool.begin(), pool.end(), [](const at::Tensor& a, const at::Tensor& b) {
+      const bool fa = a.storage().use_count() == 1, fb = b.storage().use_count() == 1;
+      return fa != fb ? fb : a.nbytes() < b.nbytes();
+    });
+    if (it == pool.end() || it->storage().use_count() != 1) break;
+    held -= int64_t(it->nbytes());
+    pool.erase(it);
+  }
+  auto t = at::empty({numel}, options);
   const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = start + t.numel() * t.element_size();
+  const uintptr_t end = start + nbytes;
   const uintptr_t huge = uintptr_t(1) << 21;
   const uintptr_t a = (start + huge - 1) & ~(huge - 1), e = end & ~(huge - 1);
 #ifdef MADV_HUGEPAGE
   if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
 #endif
-  return t;
+  if (held + nbytes <= kPoolMaxBytes) pool.push_back(t);
+  return t.view(sizes);
 }
 
 struct Dims {
@@ -467,7 +508,6 @@ void backward_item(int fn, const Dims& d, int64_t n0, int64_t hg, int64_t b0, in
           }
         }
       }
-      // dR[n] += dg[:, :GrD]^T @ h_{t-1};  rec = dg[:, :GrD] @ Rf[n]
       const int64_t h_rs = t == 0 ? s_b : o_b;
       gemm<T>(GrD, D, bt, dg.data(), 1, GtD, prev(0, 0), h_rs,
               dR_part + (tile_idx * N + n) * GrD * D, D, true);
