@@ -366,7 +366,7 @@ class LLMEngine:
         results: list[Future | Tensor] = []
         for group in groups:
             batch = self.runner.prepare(
-                [SeqWork(s.start, s.num_tokens, s.seq.block_table, s.sample) for s in group]
+                [SeqWork(s.start, s.num_tokens, s.block_table, s.sample) for s in group]
             )
             ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
             self.runner.set_input_ids(batch, ids)

@@ -84,6 +84,7 @@ class Scheduled:
     num_tokens: int
     sample: bool
     epoch: int
+    block_table: list[int]  # as scheduled: the sequence may be freed before this runs
 
 
 @dataclass
@@ -226,7 +227,14 @@ class Scheduler:
         return out
 
     def _take(self, seq: Sequence, n: int) -> Scheduled:
-        s = Scheduled(seq, seq.num_computed, n, seq.num_computed + n == seq.num_total, seq.epoch)
+        s = Scheduled(
+            seq,
+            seq.num_computed,
+            n,
+            seq.num_computed + n == seq.num_total,
+            seq.epoch,
+            list(seq.block_table),
+        )
         seq.num_computed += n
         return s
 
