@@ -38,6 +38,7 @@ MASKS = {
     "per_head": lambda b, h, q, kv: (q - kv >= 0) & (q - kv <= 16 * (h + 1)),
     "noop": noop_mask,
 }
+BUCKETS = {"plan": "buckets"}
 SCORE_MODS = {"none": None, "alibi": make_alibi(4), "softcap": make_softcap(2.0)}
 
 
@@ -62,6 +63,91 @@ def test_forward_backward_match_dense_oracle(mask, score):
     do = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), do)
     want = torch.autograd.grad(exp_out, (q, k, v), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mask", ["causal", "document", "per_head", "and"])
+def test_bucketed_plan_matches_dense_oracle(mask):
+    """The bucketed CPU plan (fallback of the fused one, and the paged layout's) too."""
+    B, H, Hkv, S, D = 2, 4, 2, 300, 16
+    mm = MASKS[mask]
+    q, k, v = _qkv(B, H, Hkv, S, S, D, seed=7, grad=True)
+    bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
+    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=BUCKETS)
+    exp_out, _ = dense_flex_attention(q, k, v, None, mm)
+    torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(exp_out, (q, k, v), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+FUSED_CASES = {
+    # mask_mod, S, expected calls: the benchmark's variants at a small scale
+    "causal": (make_causal(), 256, [("square", 1)]),
+    "causal_odd_length": (make_causal(), 250, None),
+    # interior rows as one band; the first two rows' blocks as a causal square
+    "sliding_window": (make_sliding_window(64), 256, [("band", 6), ("square", 1)]),
+    "sliding_window_odd": (make_sliding_window(40), 250, "band"),
+    "bidirectional_band": (lambda b, h, q, kv: (q - kv).abs() <= 40, 256, "band"),
+    "document": (make_document(list(range(0, 257, 64))), 256, [("square", 4)]),
+    "prefix_lm": (make_prefix_lm(64), 256, [("square", 1), ("rect", 1)]),
+}
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_plan_structure_and_gradients(case):
+    from minirepro.papers.flexattn.cpu_fused import fused_plan
+
+    mm, S, expected = FUSED_CASES[case]
+    B, H, Hkv, D = 2, 4, 2, 16
+    bm = create_block_mask(mm, None, None, S, S, BLOCK_SIZE=32)
+    plan = fused_plan(bm, B, H, S, S)
+    assert plan is not None
+    if expected is not None:
+        kinds = [
+            ("band" if c.band else "square" if c.causal else
+             "diag" if c.mq == c.mk == 1 else "rect", c.cnt)
+            for c in plan.groups[0].calls
+        ]  # fmt: skip
+        if expected == "band":
+            assert ("band", 4) in kinds or ("band", 6) in kinds, kinds
+        else:
+            assert sorted(kinds) == sorted(expected)
+    q, k, v = _qkv(B, H, Hkv, S, S, D, seed=S, grad=True)
+    out, lse = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, return_lse=True)
+    exp_out, exp_lse = dense_flex_attention(q, k, v, None, mm)
+    torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(exp_out, (q, k, v), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def look_ahead(b, h, q_idx, kv_idx):
+    """Per-head band of keys ahead of the query: windows never leave the sequence."""
+    d = kv_idx - q_idx
+    return (d >= 0) & (d <= 16 * (h + 1))
+
+
+@pytest.mark.parametrize("S,T", [(64, 128), (128, 128)])
+def test_per_head_bands_on_views(S, T):
+    from minirepro.papers.flexattn.cpu_fused import fused_plan
+
+    q, k, v = _qkv(2, 3, 3, S, T, 16, seed=S, grad=True)
+    bm = create_block_mask(look_ahead, None, 3, S, T, BLOCK_SIZE=16)
+    plan = fused_plan(bm, 2, 3, S, T)
+    assert len(plan.groups) == 3 and all(any(c.band for c in g.calls) for g in plan.groups)
+    out = flex_attention(q, k, v, block_mask=bm)
+    exp, _ = dense_flex_attention(q, k, v, None, look_ahead)
+    torch.testing.assert_close(out, exp, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(exp, (q, k, v), do)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
@@ -192,9 +278,11 @@ def test_paged_attention_equals_contiguous_exactly():
         bm = create_block_mask(mm, B, None, T, T, BLOCK_SIZE=page)
         pbm = pa.convert_logical_block_mask(bm)
         for sm in (None, make_softcap(3.0)):
-            assert torch.equal(
-                flex_attention(q, k, v, sm, bm), flex_attention(q, k_cache, v_cache, sm, pbm)
-            )
+            paged = flex_attention(q, k_cache, v_cache, sm, pbm)
+            # Bit for bit with the same (bucketed) plan; the contiguous layout's default
+            # plan (fused calls on views) rounds differently.
+            assert torch.equal(flex_attention(q, k, v, sm, bm, kernel_options=BUCKETS), paged)
+            torch.testing.assert_close(flex_attention(q, k, v, sm, bm), paged, atol=1e-6, rtol=0)
     pa.erase(1)
     assert (pa.page_table[1] == -1).all() and len(pa.empty_pages) == 16 - 5
 

@@ -17,12 +17,13 @@ flex_attention`), so switching is a one-line import change:
   has no CPU backward), GQA, any lengths, fully masked rows -> 0 (cpu.py);
 - paged attention whose output equals the contiguous one bit for bit (paged.py);
 - `ModelConfig(attention="flex", mask="sliding_window_64")` for the core decoder;
-- a Triton forward kernel for the same BlockMask (triton_kernel.py), tested under
-  `TRITON_INTERPRET=1`; not yet run on a GPU, and forward-only.
+- Triton forward and backward kernels for the same BlockMask (triton_kernel.py,
+  triton_bwd.py), tested under `TRITON_INTERPRET=1`; not yet run on a GPU.
 
-Deviations: no compiler — the CPU kernel runs each query block's listed key blocks through
-PyTorch's fused flash kernel (mask-only) or a vectorised block loop (with a score_mod);
-the compiled reference is still faster in steady state; see NOTES.md.
+Deviations: no compiler — without a score_mod the CPU kernel covers the listed blocks with
+a few large calls of PyTorch's fused flash kernel on views of q, k, v (causal squares,
+bands, diagonal runs, rectangles; cpu_fused.py), with a score_mod a vectorised block
+loop; see NOTES.md.
 
 Run: `minirepro run flexattn` (quick preset); benchmark: `python benchmarks/flexattn.py`.
 """
@@ -56,7 +57,7 @@ PAPER = Paper(
     config=Config,
     presets=PRESETS,
     run=run,
-    status="partial",  # Triton is forward-only; compiled reference faster (NOTES.md),
+    status="partial",  # Triton never run on a GPU (NOTES.md)
 )
 
 __all__ = [

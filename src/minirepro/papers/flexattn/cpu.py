@@ -1,22 +1,24 @@
 """Block-sparse FlexAttention on the CPU: forward and backward, only the listed blocks.
 
-For every query block the BlockMask's listed key blocks are grouped into contiguous *runs*
-(slices of K and V, no copies). Then:
+Without a score_mod, `flex_attention` first tries the fused plan of `cpu_fused.py`: the
+listed blocks covered by a few large calls of PyTorch's fused CPU flash kernel on views of
+q, k, v (causal squares, bands, diagonal runs, rectangles), merged by LSE. Masks that
+would need many such calls (scattered blocks, tiles that differ per batch/head, paged
+layouts) use the *bucketed* plan here: the query blocks of a (batch, head) group are
+bucketed by how many key blocks they list, and each bucket is one call on its gathered
+key blocks (slices when a lone query block's blocks are contiguous):
 
-- no score_mod: each run goes through PyTorch's fused CPU flash kernel
-  (`aten._scaled_dot_product_flash_attention_for_cpu`), full runs without a mask, partial
-  runs with mask_mod evaluated on that tile only; the runs are merged by their log-sum-exp
-  (online softmax across runs). The backward (`_FlexMaskOnly.backward`) walks the same runs
-  and calls the fused flash backward with the *merged* output and LSE, which makes each
-  run's dQ/dK/dV exactly its share of the full gradient (P = exp(S - lse),
-  dS = P * (dP - rowsum(dO * O))).
-- with a score_mod: the run's scores are computed by one batched matmul per query block,
-  the score_mod and mask applied on the tile, softmaxed with a row LSE, and multiplied by V;
-  autograd goes through this block loop, so gradients reach q, k, v *and* any tensor the
-  score_mod captures (a learned bias). Memory is the listed blocks' area, never S x S.
+- no score_mod: `aten._scaled_dot_product_flash_attention_for_cpu` per bucket with an
+  additive mask (0 on full blocks, mask_mod on partial tiles); the backward
+  (`_FlexMaskOnly.backward`) calls the fused flash backward per bucket with the saved
+  out and LSE;
+- with a score_mod: the bucket's scores by one batched matmul, the score_mod and mask on
+  the tile, a row-LSE softmax, times V; autograd goes through this, so gradients reach
+  q, k, v *and* any tensor the score_mod captures (a learned bias). Memory is the listed
+  blocks' area, never S x S.
 
 The fused kernel returns lse = 0 with out = 0 for rows its mask empties entirely; those
-rows get lse = -inf before merging. Rows no block reaches give out = 0, lse = -inf.
+rows get lse = -inf. Rows no block reaches give out = 0, lse = -inf.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask
+from minirepro.papers.flexattn.cpu_fused import FlexFused, fused_plan
 from minirepro.papers.flexattn.masks import ScoreMod, noop_mask
 
 __all__ = ["flex_attention"]
@@ -85,17 +88,10 @@ def _plan(bm: BlockMask, B: int, H: int, S: int, T: int, device) -> _Plan:
     key = ("cpu", B, H, S, T, str(device))
     if key in bm._cache:
         return bm._cache[key]
+    _check_mask(bm, B, H, S, T)
     qb, kb = bm.BLOCK_SIZE
     mB, mH = bm.kv_num_blocks.shape[:2]
-    if mB not in (1, B) or mH not in (1, H):
-        raise ValueError(
-            f"BlockMask batch/head dims {(mB, mH)} do not broadcast to the input's {(B, H)}"
-        )
     n_q, n_kv = -(-S // qb), -(-T // kb)
-    if bm.kv_indices.shape[-2] < n_q or bm.kv_indices.shape[-1] < n_kv:
-        raise ValueError(
-            f"BlockMask covers seq_lengths {bm.seq_lengths}, inputs have Q_LEN={S}, KV_LEN={T}"
-        )
     num, idx = bm.kv_num_blocks.tolist(), bm.kv_indices.tolist()
     has_full = bm.full_kv_num_blocks is not None
     if has_full:
@@ -131,6 +127,20 @@ def _plan(bm: BlockMask, B: int, H: int, S: int, T: int, device) -> _Plan:
             plan.gathers |= bucket.q_slice is None or bucket.kv_slice[1] > T
     bm._cache[key] = plan
     return plan
+
+
+def _check_mask(bm: BlockMask, B: int, H: int, S: int, T: int) -> None:
+    """ValueError unless `bm` broadcasts to (B, H) and covers S queries and T keys."""
+    mB, mH = bm.kv_num_blocks.shape[:2]
+    if mB not in (1, B) or mH not in (1, H):
+        raise ValueError(
+            f"BlockMask batch/head dims {(mB, mH)} do not broadcast to the input's {(B, H)}"
+        )
+    qb, kb = bm.BLOCK_SIZE
+    if bm.kv_indices.shape[-2] < -(-S // qb) or bm.kv_indices.shape[-1] < -(-T // kb):
+        raise ValueError(
+            f"BlockMask covers seq_lengths {bm.seq_lengths}, inputs have Q_LEN={S}, KV_LEN={T}"
+        )
 
 
 def _bucket(bm, members, n, b_idx, h_idx, S, T, qb, kb) -> _Bucket:
@@ -481,7 +491,8 @@ def flex_attention(
         enable_gqa: Allow H to be a multiple of H_kv (grouped-query attention).
         return_lse: Also return the log-sum-exp of the scores, (B, H, S) fp32.
         kernel_options: Accepted for compatibility; {"backend": "triton"} forces the
-            Triton kernel (GPU, or TRITON_INTERPRET=1).
+            Triton kernel (GPU, or TRITON_INTERPRET=1); {"plan": "buckets"} forces the
+            bucketed CPU plan instead of the fused calls of `cpu_fused.py`.
 
     Returns:
         out (B, H, S, Dv), and lse (B, H, S) if `return_lse`. Rows with no allowed key
@@ -513,8 +524,17 @@ def flex_attention(
             query, key, value, score_mod, block_mask, scale, return_lse=True
         )
         return (out, lse) if return_lse else out
-    plan = _plan(block_mask, B, H, S, T, query.device)
+    _check_mask(block_mask, B, H, S, T)
     group = H // Hkv
+    fused = None
+    if score_mod is None and (kernel_options or {}).get("plan") != "buckets":
+        fused = fused_plan(block_mask, B, H, S, T)
+    if fused is not None:
+        out, lse = FlexFused.apply(
+            query, _expand_kv(key, group), _expand_kv(value, group), fused, scale
+        )
+        return (out, lse) if return_lse else out
+    plan = _plan(block_mask, B, H, S, T, query.device)
     if score_mod is None:
         out, lse = _FlexMaskOnly.apply(query, key, value, plan, scale, group)
     else:
