@@ -7,6 +7,9 @@ ratios come from one run. Correctness is checked against dense SDPA before timin
     python benchmarks/flexattn.py                 # the full table (about 15 min, 2 cores)
     python benchmarks/flexattn.py --sizes 1024,2048 --no-reference
 
+The reference compiles into a fresh inductor cache directory (a first call, as a new user
+sees it); `--warm-cache` reuses the on-disk cache instead.
+
 The last line is one JSON document; summary keys:
     sw256_s4096_fwd_vs_sdpa, sw256_s4096_fwdbwd_vs_sdpa  (dense-mask SDPA time / ours)
     min_fwd_vs_torch_flex  (min over variants and S >= 2048 of compiled reference / ours)
@@ -17,6 +20,8 @@ A figure, time vs fraction of blocks computed, is written beside the JSON file.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -51,7 +56,15 @@ def main() -> None:
     p.add_argument("--bwd-max", type=int, default=4096, help="largest S timed fwd+bwd")
     p.add_argument("--no-reference", action="store_true", help="skip torch's flex_attention")
     p.add_argument("--out", default="runs/bench/flexattn.json")
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="let the reference reuse the on-disk inductor cache (its first call then skips "
+        "most of the compile); by default it compiles into a fresh cache directory",
+    )
     args = p.parse_args()
+    if not args.warm_cache:  # read by inductor when it compiles, so setting it here works
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="flexattn-inductor-")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     sizes = [int(s) for s in args.sizes.split(",")]
     B, H, D = 1, 8, 64

@@ -411,14 +411,12 @@ def _fused_forward(q, k, v, plan: FusedPlan, scale: float):
 def _merge(out: Tensor, lse: Tensor, o: Tensor, ls: Tensor) -> None:
     """In place: (out, lse) <- the softmax-weighted union of (out, lse) and (o, ls).
 
-    Few ops on purpose: on a loaded machine every op costs a scheduling delay.
+    Eight ops on purpose: on a loaded machine every op costs a scheduling delay.
     """
-    m = torch.maximum(lse, ls).nan_to_num_(neginf=0.0)  # rows with nothing yet: 0
-    w1, w2 = (lse - m).exp_(), (ls - m).exp_()
-    total = w1 + w2
-    a1 = w1.div_(total.clamp(min=1e-30))  # rows empty in both: 0, and o is 0 there
-    out.mul_(a1[..., None]).addcmul_(o, (1.0 - a1)[..., None].to(o.dtype))
-    torch.add(m, total.log_(), out=lse)
+    new = torch.logaddexp(lse, ls)
+    w = (lse - new).exp_().nan_to_num_(nan=0.0)  # rows empty in both: 0 (and o is 0)
+    out.mul_(w[..., None]).addcmul_(o, (1.0 - w)[..., None].to(o.dtype))
+    lse.copy_(new)
 
 
 class FlexFused(torch.autograd.Function):
