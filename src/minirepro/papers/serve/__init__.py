@@ -8,10 +8,25 @@ overlap, by scheduling on the CPU one iteration ahead, and by offloading the KV 
 finished turns for reuse in multi-round conversations (1.91x TensorRT-LLM, 68.5% of optimal
 on LLaMA-2-70B).
 
-Implemented here (work in progress): a vLLM-like CPU engine over the core `Transformer` —
-paged KV cache with block tables and automatic prefix caching, continuous batching with
-chunked prefill and preemption by recompute, sampling, async scheduling, nano-batched
-execution and an on-disk KV offload.
+Implemented here, with vLLM's names where vLLM has the concept (`LLMEngine`, `SamplingParams`,
+`EngineConfig` fields such as `max_num_batched_tokens`), on the CPU, over the core `Transformer`
+(random weights or the real SmolLM2-135M-Instruct):
+- a paged KV cache (blocks per layer, free list, reference counts, block tables) with automatic
+  prefix caching over a hash chain of full blocks and LRU eviction (kv_cache.py);
+- a varlen model runner: prefill chunks and decode tokens of many sequences in one forward,
+  K/V written into their slots, batched padded decode attention (runner.py);
+- continuous batching with chunked prefill under a token budget and preemption by
+  recompute (scheduler.py); sampling with per-request seeds, stop ids, stop strings and
+  incremental detokenisation (sampling.py);
+- async scheduling (iteration i+1 formed while i computes) and nano-batched execution
+  (k nano-batches, or the cost-model search of nanobatch.py), both token-identical to the
+  plain engine (engine.py); KV offload of finished conversation turns to LRU-bounded
+  safetensors files with checksums (offload.py);
+- an OpenAI-compatible server (server.py, async_engine.py, metrics.py).
+
+Deviations: no CUDA streams (CPU only); nano-batches run whole, one after another, so what
+overlaps is host work (sampling, detokenisation, offload I/O) with the next nano-batch's
+compute, not GEMMs with attention; preemption recomputes (no swap). See NOTES.md.
 
 Run: `minirepro run serve`; benchmark: `python benchmarks/serve.py`.
 """
@@ -23,14 +38,20 @@ from minirepro.papers.serve.engine import (
     RequestOutput,
 )
 from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache
+from minirepro.papers.serve.repro import CLAIMS, PAPER, PRESETS, Config, run
 from minirepro.papers.serve.sampling import SamplingParams
 
 __all__ = [
+    "CLAIMS",
+    "PAPER",
+    "PRESETS",
     "BlockManager",
+    "Config",
     "EngineConfig",
     "EngineStats",
     "LLMEngine",
     "PagedKVCache",
     "RequestOutput",
     "SamplingParams",
+    "run",
 ]
