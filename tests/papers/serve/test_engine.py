@@ -7,6 +7,7 @@ import pytest
 
 from minirepro.papers.serve import EngineConfig, LLMEngine, SamplingParams
 from minirepro.papers.serve.engine import split_nano_batches
+from minirepro.papers.serve.runner import bucket_lengths
 
 LENGTHS = [5, 17, 33, 3, 40, 16, 9]
 N_NEW = 16
@@ -56,6 +57,22 @@ def test_greedy_equals_hf_generate(name, tiny_model, prompts, reference):
     if name == "no_prefix_cache":
         assert stats.prefix_cache_hits == 0
     engine.close()
+
+
+def test_decode_groups_by_length_match_hf(tiny_model, tiny_hf, hf_greedy, random_prompts):
+    prompts = random_prompts([2, 90, 4, 60, 31, 1, 75], 64, seed=8)
+    engine = LLMEngine(tiny_model, config=EngineConfig(block_size=8, async_scheduling=True))
+    engine.runner.decode_group_overhead = 0  # as many length groups as allowed
+    assert engine.generate(prompts, GREEDY) == hf_greedy(tiny_hf, prompts, N_NEW)
+
+
+def test_bucket_lengths_partition():
+    lengths = [10, 500, 20, 30, 480, 490, 15]
+    groups = bucket_lengths(lengths, max_groups=4, overhead=100)
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert [sorted(g) for g in groups] == [[0, 2, 3, 6], [1, 4, 5]]
+    assert bucket_lengths([100] * 5) == [[0, 1, 2, 3, 4]]
+    assert len(bucket_lengths(lengths, max_groups=4, overhead=0)) == 4
 
 
 def test_shared_prefix_hits_cache_and_matches_hf(tiny_model, tiny_hf, hf_greedy, random_prompts):

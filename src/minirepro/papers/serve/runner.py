@@ -55,16 +55,56 @@ class Prefill:
 
 
 @dataclass
+class DecodeGroup:
+    """Decoding sequences of similar context length, attended to as one padded batch."""
+
+    rows: Tensor  # (Bd,) flat rows of the decoding tokens
+    slots: Tensor  # (Bd * T,) context slots, padded with slot 0
+    mask: Tensor  # (Bd, 1, 1, T) True where a key is real
+    length: int  # T
+    in_order: bool  # rows are 0..Bd-1 (the whole batch)
+
+
+def bucket_lengths(
+    lengths: Sequence[int], max_groups: int = 4, overhead: int = 1024
+) -> list[list[int]]:
+    """Indices of `lengths` grouped so that padded attention work is small.
+
+    Minimises sum over groups of (size x longest) + overhead per extra group (the fixed
+    cost of one more gather and attention call, in key-token units) by dynamic
+    programming over the sorted lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    INF = float("inf")
+    # best[g][j]: least cost of the first j sorted lengths in g groups
+    best = [[INF] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + (j - i) * ls[j - 1] + overhead
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, max_groups + 1), key=lambda g: best[g][n])
+    groups, j = [], n
+    while g > 0:
+        i = cut[g][j]
+        groups.append(order[i:j])
+        j, g = i, g - 1
+    return groups[::-1]
+
+
+@dataclass
 class BatchInput:
     """Tensors of one iteration (built by `ModelRunner.prepare`; input ids come later)."""
 
     num_tokens: int
     positions: Tensor  # (N,)
     slots: Tensor  # (N,) where each new token's K/V goes
-    decode_rows: Tensor | None  # (Bd,) flat rows of the decoding tokens
-    decode_slots: Tensor | None  # (Bd * T,) context slots, padded with slot 0
-    decode_mask: Tensor | None  # (Bd, 1, 1, T) True where a key is real
-    decode_len: int
+    decodes: list[DecodeGroup] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
     logits_rows: Tensor | None = None  # (n_sample,)
     input_ids: Tensor | None = None  # (N,), set by `set_input_ids`
@@ -87,6 +127,9 @@ class ModelRunner:
         if cfg.mask != "causal":
             raise ValueError(f"the engine supports mask='causal' only, got {cfg.mask!r}")
         self.model, self.cache, self.cfg = model, cache, cfg
+        # decode sequences of very different lengths attend in up to this many padded groups;
+        # one more group must save this many padded key positions (a gather + call costs)
+        self.max_decode_groups, self.decode_group_overhead = 4, 1024
         self.block_size = cache.block_size
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         w = model.embed.weight
@@ -145,24 +188,34 @@ class ModelRunner:
             num_tokens=row,
             positions=torch.tensor(positions, dtype=torch.long),
             slots=torch.tensor(slots, dtype=torch.long),
-            decode_rows=None,
-            decode_slots=None,
-            decode_mask=None,
-            decode_len=0,
             prefills=prefills,
             logits_rows=torch.tensor(logits_rows, dtype=torch.long),
         )
-        if decode_rows:
-            T = max(decode_lens)
+        groups = (
+            bucket_lengths(decode_lens, self.max_decode_groups, self.decode_group_overhead)
+            if decode_rows
+            else []
+        )
+        for members in groups:
+            lens_g = [decode_lens[i] for i in members]
+            T = max(lens_g)
             nb = (T + bs - 1) // bs
-            table = torch.tensor([list(t[:nb]) + [0] * (nb - len(t[:nb])) for t in decode_tables])
+            tables = [list(decode_tables[i][:nb]) for i in members]
+            table = torch.tensor([t + [0] * (nb - len(t)) for t in tables])  # (Bd, nb)
             # (Bd, nb, bs) slot ids -> (Bd, T)
-            slot_ids = (table[:, :, None] * bs + torch.arange(bs)).view(len(decode_rows), -1)[:, :T]
-            lens = torch.tensor(decode_lens)
-            batch.decode_rows = torch.tensor(decode_rows, dtype=torch.long)
-            batch.decode_slots = slot_ids.reshape(-1).contiguous()
-            batch.decode_mask = (torch.arange(T)[None, :] < lens[:, None])[:, None, None, :]
-            batch.decode_len = T
+            slot_ids = (table[:, :, None] * bs + torch.arange(bs)).view(len(members), -1)[:, :T]
+            rows = [decode_rows[i] for i in members]
+            batch.decodes.append(
+                DecodeGroup(
+                    rows=torch.tensor(rows, dtype=torch.long),
+                    slots=slot_ids.reshape(-1).contiguous(),
+                    mask=(torch.arange(T)[None, :] < torch.tensor(lens_g)[:, None])[
+                        :, None, None, :
+                    ],
+                    length=T,
+                    in_order=len(groups) == 1 and not prefills and rows == list(range(row)),
+                )
+            )
         return batch
 
     @staticmethod
@@ -172,23 +225,27 @@ class ModelRunner:
         batch.input_ids = torch.tensor(input_ids, dtype=torch.long)
 
     # ------------------------------------------------------------------ forward
+    def _decode_attention(
+        self, group: DecodeGroup, q: Tensor, k_flat: Tensor, v_flat: Tensor
+    ) -> Tensor:
+        """q (Bd, H, D) of one decode group -> (Bd, H, D)."""
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        Bd, T = group.rows.numel(), group.length
+        qd = q.view(Bd, Hkv, H // Hkv, D)  # the G heads of a KV head as G queries
+        kd = k_flat.index_select(0, group.slots).view(Bd, T, Hkv, D).transpose(1, 2)
+        vd = v_flat.index_select(0, group.slots).view(Bd, T, Hkv, D).transpose(1, 2)
+        return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=group.mask).reshape(Bd, H, D)
+
     def _attention(self, layer: int, batch: BatchInput, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (N, H, D), k/v (N, H_kv, D) of the new tokens (already in the cache) -> (N, H, D)."""
-        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        H, Hkv = self.n_head, self.n_kv_head
         k_flat, v_flat = self.cache.k_flat[layer], self.cache.v_flat[layer]
-        only_decode = not batch.prefills
-        out = None if only_decode else torch.empty_like(q)
-        if batch.decode_rows is not None:
-            Bd, T = batch.decode_rows.numel(), batch.decode_len
-            qd = q if only_decode else q.index_select(0, batch.decode_rows)
-            qd = qd.view(Bd, Hkv, H // Hkv, D)  # the G heads of a KV head as G queries
-            kd = k_flat.index_select(0, batch.decode_slots).view(Bd, T, Hkv, D).transpose(1, 2)
-            vd = v_flat.index_select(0, batch.decode_slots).view(Bd, T, Hkv, D).transpose(1, 2)
-            yd = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
-            yd = yd.reshape(Bd, H, D)
-            if only_decode:
-                return yd
-            out.index_copy_(0, batch.decode_rows, yd)
+        if len(batch.decodes) == 1 and batch.decodes[0].in_order:
+            return self._decode_attention(batch.decodes[0], q, k_flat, v_flat)
+        out = torch.empty_like(q)
+        for group in batch.decodes:
+            qd = q.index_select(0, group.rows)
+            out.index_copy_(0, group.rows, self._decode_attention(group, qd, k_flat, v_flat))
         for p in batch.prefills:
             S = p.end - p.begin
             qp = q[p.begin : p.end].transpose(0, 1)[None]  # (1, H, S, D)
