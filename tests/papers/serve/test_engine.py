@@ -195,6 +195,7 @@ def test_duplicate_id_and_too_few_blocks(tiny_model):
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"seed": "7"}, "seed"),
+        ({"seed": 2**64}, "seed"),
         ({"stop": [""]}, "stop"),
         ({"stop_token_ids": [-3]}, "stop_token_ids"),
     ],
@@ -218,6 +219,15 @@ def test_bad_sampling_params(kwargs, field):
 def test_bad_engine_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
         EngineConfig(**kwargs)
+
+
+def test_tiny_temperature_samples_the_argmax(tiny_model, prompts):
+    """1e-40 overflows logits / T to inf; the sampler must still draw (the argmax)."""
+    greedy = LLMEngine(tiny_model).generate(
+        prompts[:2], SamplingParams(max_tokens=8, temperature=0)
+    )
+    tiny = SamplingParams(max_tokens=8, temperature=1e-40, seed=0)
+    assert LLMEngine(tiny_model).generate(prompts[:2], tiny) == greedy
 
 
 def test_seeded_sampling_reproducible_across_batches_and_modes(tiny_model, prompts):

@@ -49,6 +49,8 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop)
@@ -90,7 +92,11 @@ def sample_tokens(
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        row = filter_logits(logits[i : i + 1].float() / p.temperature, p.top_k or None, p.top_p)
+        row = logits[i : i + 1].float()
+        # The max subtracted first: a tiny temperature then sends the others to -inf, never
+        # to inf - inf = NaN.
+        row = (row - row.max()) / p.temperature
+        row = filter_logits(row, p.top_k or None, p.top_p)
         out[i] = int(torch.multinomial(row.softmax(-1), 1, generator=generators[i]))
     return out
 
