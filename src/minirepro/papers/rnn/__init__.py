@@ -13,12 +13,17 @@ Implemented here:
 - a CPU backend: a C++ extension (built on first use, cached) whose threads each own a
   (batch tile, head group) for the whole sequence, with a register-tiled per-step GEMM and
   the gate math fused after it, and a hand-written fused backward;
+- a Triton backend (`triton_kernel.py`): one program per (head, batch tile) keeps the
+  head's R in registers and loops over time inside the kernel; forward and backward
+  kernels (dR accumulated in registers), tiles from ConstrINT; tested under
+  TRITON_INTERPRET=1 on the CPU, not yet timed on a GPU;
 - `reference.py`, the Python loop under autograd (the oracle);
 - `FlashRNNLayer` modules, registered as the core model's token mixers "lstm", "slstm",
   "gru" and "elman" (with a decoding cache);
-- ConstrINT (`constrint.py`), choosing the CPU kernel's tiles and solving a GPU tiling set.
+- ConstrINT (`constrint.py`), choosing the CPU kernel's and the Triton kernels' tiles.
 
-Deviations: no Triton/CUDA backend yet (`backend="triton"` raises); fp32/fp64 only on the
+Deviations: the Triton kernels are fp32 only and need one head's R to fit one program's
+registers (the paper splits larger R over blocks); no CUDA kernels; fp32/fp64 only on the
 CPU; the benchmark runs on a shared 2-core CPU, not a GPU. See NOTES.md.
 
 Run: `minirepro run rnn` (quick preset); benchmark: `python benchmarks/rnn.py`.
@@ -49,7 +54,7 @@ PAPER = Paper(
     config=Config,
     presets=PRESETS,
     run=run,
-    status="partial",  # no Triton/GPU backend yet
+    status="partial",  # the Triton backend is interpreter-tested only, never timed on a GPU
 )
 
 __all__ = [
