@@ -15,7 +15,8 @@ flex_attention`), so switching is a one-line import change:
   `make_alibi`, `make_softcap` (and `parse_variant` for names like "sliding_window_64");
 - a CPU kernel that computes only the listed blocks, forward *and backward* (the reference
   has no CPU backward), GQA, any lengths, fully masked rows -> 0 (cpu.py);
-- paged attention whose output equals the contiguous one bit for bit (paged.py);
+- paged attention whose output equals the contiguous one (bit for bit with the same
+  bucketed plan; paged.py);
 - `ModelConfig(attention="flex", mask="sliding_window_64")` for the core decoder;
 - Triton forward and backward kernels for the same BlockMask (triton_kernel.py,
   triton_bwd.py), tested under `TRITON_INTERPRET=1`; not yet run on a GPU.

@@ -7,8 +7,9 @@ table. `convert_logical_block_mask` rewrites a BlockMask built for the logical (
 layout into one over the physical cache (page_size == the key block size), with a mask_mod
 that maps physical positions back to logical ones — so FlexAttention runs on the cache
 directly, no gather into contiguous memory. The attention-gym design, with the paper's
-claim that it costs little; here the output equals the non-paged output bit for bit (the
-physical BlockMask keeps the logical order of key blocks, see `BlockMask._block_order`).
+claim that it costs little; here the output equals the non-paged output of the same
+(bucketed) CPU plan bit for bit (the physical BlockMask keeps the logical order of key
+blocks, see `BlockMask._block_order`).
 """
 
 from __future__ import annotations
