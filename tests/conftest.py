@@ -25,3 +25,25 @@ def hf_smollm2():
     from minirepro.core.pretrained import load_hf_smollm2
 
     return load_hf_smollm2()
+
+
+@pytest.fixture(scope="session")
+def peaked_tiny_model():
+    """A random 2-layer GQA decoder whose next-token distributions are peaked (so greedy
+    ties with a reference are rare) but not one-hot. Shared read-only: do not train it."""
+    from minirepro.core.model import ModelConfig, Transformer
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(
+        vocab_size=64,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=64,
+        max_seq_len=256,
+        tie_embeddings=False,
+    )
+    m = Transformer(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(40)  # larger output weights: peaked next-token distributions
+    return m

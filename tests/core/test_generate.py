@@ -12,27 +12,13 @@ from minirepro.core.generate import (
     sample_next,
     stream,
 )
-from minirepro.core.model import ModelConfig, Transformer, to_hf
+from minirepro.core.model import to_hf
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(1)
-    cfg = ModelConfig(
-        vocab_size=64,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        d_model=64,
-        max_seq_len=256,
-        tie_embeddings=False,
-    )
-    m = Transformer(cfg).eval()
-    with (
-        torch.no_grad()
-    ):  # larger output weights: next-token distributions neither flat nor one-hot
-        m.lm_head.weight.mul_(40)
-    return m
+def model(peaked_tiny_model):
+    """The shared peaked random decoder (tests/conftest.py)."""
+    return peaked_tiny_model
 
 
 def test_greedy_with_cache_equals_recomputation(model):

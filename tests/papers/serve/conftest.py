@@ -3,27 +3,13 @@
 import pytest
 import torch
 
-from minirepro.core.model import ModelConfig, Transformer, to_hf
+from minirepro.core.model import to_hf
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-    """A random 2-layer GQA decoder whose next-token distributions are peaked (so greedy
-    ties are rare) but not one-hot."""
-    torch.manual_seed(1)
-    cfg = ModelConfig(
-        vocab_size=64,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        d_model=64,
-        max_seq_len=256,
-        tie_embeddings=False,
-    )
-    m = Transformer(cfg).eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(40)
-    return m
+def tiny_model(peaked_tiny_model):
+    """The shared peaked random decoder (tests/conftest.py)."""
+    return peaked_tiny_model
 
 
 @pytest.fixture(scope="session")
