@@ -10,46 +10,25 @@ reference loop with a warning.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import platform
-import shutil
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from minirepro.core import extension
 from minirepro.papers.rnn.functions import CellSpec
 
 __all__ = ["CpuKernelUnavailable", "cpu_flashrnn", "extension_dir", "load_extension"]
 
 _SOURCE = Path(__file__).parent / "csrc" / "rnn_cpu.cpp"
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 
-
-class CpuKernelUnavailable(RuntimeError):
-    """The C++ kernel could not be built or loaded (no compiler, build error)."""
-
-
-def _machine_tag() -> str:
-    """Distinguishes machines with different instruction sets (the build uses -march=native)."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    key = f"{platform.machine()}|{flags}|{torch.__version__}"
-    return hashlib.sha1(key.encode()).hexdigest()[:10]
+CpuKernelUnavailable = extension.KernelUnavailable  # the name this paper's API has always had
 
 
 def extension_dir() -> Path:
     """Where the compiled extension is cached."""
-    root = os.environ.get("MINIREPRO_CACHE") or Path.home() / ".cache" / "minirepro"
-    return Path(root) / "torch_extensions" / f"rnn_cpu_{_machine_tag()}"
+    return extension.extension_dir("rnn_cpu")
 
 
 @functools.cache
@@ -59,26 +38,13 @@ def load_extension(verbose: bool = False) -> ModuleType:
     Raises:
         CpuKernelUnavailable: No C++ compiler, or the build failed.
     """
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None and shutil.which("g++") is None:
-        raise CpuKernelUnavailable(
-            f"no C++ compiler found (looked for {cxx!r} and 'g++'); install gcc/g++ to build "
-            "the FlashRNN CPU kernel, or use backend='reference'"
-        )
-    from torch.utils.cpp_extension import load
-
-    build_dir = extension_dir()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return load(
-            name="minirepro_rnn_cpu",
-            sources=[str(_SOURCE)],
-            extra_cflags=_FLAGS,
-            build_directory=str(build_dir),
-            verbose=verbose,
-        )
-    except Exception as exc:  # compiler errors surface as RuntimeError/CalledProcessError
-        raise CpuKernelUnavailable(f"building the FlashRNN CPU kernel failed: {exc}") from exc
+    return extension.load_cpp_extension(
+        "rnn_cpu",
+        _SOURCE,
+        what="the FlashRNN CPU kernel",
+        fallback="use backend='reference'",
+        verbose=verbose,
+    )
 
 
 def _opt(v: float | None) -> float:
