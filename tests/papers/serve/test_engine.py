@@ -28,6 +28,8 @@ CONFIGS = {
     },
     "async_preemption": {"num_blocks": 16, "block_size": 4, "async_scheduling": True},
     "max_seqs_2": {"max_num_seqs": 2, "enable_chunked_prefill": False},
+    # the torch formulations the C++ attention kernel and the oneDNN GEMMs replace
+    "torch_attention_and_gemm": {"attention": "torch", "gemm": "torch"},
 }
 
 
@@ -61,7 +63,9 @@ def test_greedy_equals_hf_generate(name, tiny_model, prompts, reference):
 
 def test_decode_groups_by_length_match_hf(tiny_model, tiny_hf, hf_greedy, random_prompts):
     prompts = random_prompts([2, 90, 4, 60, 31, 1, 75], 64, seed=8)
-    engine = LLMEngine(tiny_model, config=EngineConfig(block_size=8, async_scheduling=True))
+    config = EngineConfig(block_size=8, async_scheduling=True, attention="torch")
+    engine = LLMEngine(tiny_model, config=config)
+    assert engine.runner.max_decode_groups > 1  # length groups exist without the kernel
     engine.runner.decode_group_overhead = 0  # as many length groups as allowed
     assert engine.generate(prompts, GREEDY) == hf_greedy(tiny_hf, prompts, N_NEW)
 
@@ -214,6 +218,8 @@ def test_bad_sampling_params(kwargs, field):
         ({"nano_batches": 0}, "nano_batches"),
         ({"nano_batches": "many"}, "nano_batches"),
         ({"offload_max_bytes": 0}, "offload_max_bytes"),
+        ({"attention": "flash"}, "attention"),
+        ({"gemm": "blas"}, "gemm"),
     ],
 )
 def test_bad_engine_config(kwargs, field):

@@ -63,6 +63,8 @@ class EngineConfig:
     offload_dir: str | None = None  # KV offload of finished conversation turns (None: off)
     offload_max_bytes: int = 1 << 30  # LRU-bounded disk use
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
+    attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
+    gemm: str = "auto"  # projections: "onednn" (pre-packed weights), "torch", "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
@@ -74,6 +76,12 @@ class EngineConfig:
         nb = self.nano_batches
         if not (nb == "auto" or (isinstance(nb, int) and not isinstance(nb, bool) and nb >= 1)):
             raise ValueError(f"nano_batches must be an int >= 1 or 'auto', got {nb!r}")
+        if self.attention not in ("auto", "kernel", "torch"):
+            raise ValueError(
+                f"attention must be 'auto', 'kernel' or 'torch', got {self.attention!r}"
+            )
+        if self.gemm not in ("auto", "onednn", "torch"):
+            raise ValueError(f"gemm must be 'auto', 'onednn' or 'torch', got {self.gemm!r}")
 
 
 @dataclass
@@ -163,7 +171,7 @@ class LLMEngine:
         self.blocks = BlockManager(
             config.num_blocks, config.block_size, config.enable_prefix_caching
         )
-        self.runner = ModelRunner(model, self.cache)
+        self.runner = ModelRunner(model, self.cache, config.attention, config.gemm)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill

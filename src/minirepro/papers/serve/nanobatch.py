@@ -754,31 +754,31 @@ def _norm_rope(block, x, q, k, cos, sin, pool, slots):
     return block.norm2(h + x), q2
 
 
-def _mlp(mlp, x, w_gate_up):
+def _mlp(x, w_gate_up, w_down, gemm):
     """SwiGLU with the gate and up projections fused into one GEMM (as the runner)."""
     import torch.nn.functional as F
 
-    gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
-    return mlp.w_down(F.silu(gate) * up)
+    from minirepro.papers.serve.runner import gemm_linear
+
+    gate, up = gemm_linear(x, w_gate_up, gemm).chunk(2, dim=-1)
+    return gemm_linear(F.silu(gate) * up, w_down, gemm)
 
 
-def _lm_head(model, x):
-    return model.lm_head(model.norm(x))
+def _lm_head(model, x, w, gemm):
+    from minirepro.papers.serve.runner import gemm_linear
+
+    return gemm_linear(model.norm(x), w, gemm)
 
 
-def _decode_attn(k_flat, ids, q, mask):
-    """The runner's decode attention: gather K/V by slot ids, masked SDPA.
+def _decode_attn(k_cache, v_cache, tables, lens, q):
+    """The runner's decode attention (the paged kernel, or gather + SDPA without it).
 
-    k_flat: (B*T, H_kv, D) pool; ids: (B*T,) slots; q: (B, H_kv, G, D), the G query heads of
-    a KV head as G queries; mask: (B, 1, 1, T).
+    k_cache, v_cache: (num_blocks, block_size, H_kv, D); tables: (B, nb); lens: (B,);
+    q: (B, H, D).
     """
-    import torch.nn.functional as F
+    from minirepro.papers.serve.paged_attention import paged_decode_attention
 
-    B, Hkv, _, D = q.shape
-    T = mask.shape[-1]
-    kd = k_flat.index_select(0, ids).view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
-    vd = k_flat.index_select(0, ids).view(B, T, Hkv, D).transpose(1, 2)
-    return F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask)
+    return paged_decode_attention(q, k_cache, v_cache, tables, lens)
 
 
 def _sample(logits):
@@ -865,9 +865,15 @@ def profile(
     t_start = time.perf_counter()
     H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     with torch.inference_mode():
-        # The engine's runner fuses q/k/v and gate/up into one GEMM each; time the same.
-        w_qkv = torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]).contiguous()
-        w_gu = torch.cat([block.mlp.w_gate.weight, block.mlp.w_up.weight]).contiguous()
+        # The engine's runner fuses q/k/v and gate/up into one GEMM each, with the weights
+        # laid out for its GEMM backend; time the same.
+        from minirepro.papers.serve.runner import gemm_linear, pack_weight, resolve_gemm
+
+        gemm = resolve_gemm("auto", att.wq.weight)
+        w_qkv = pack_weight(torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]), gemm)
+        w_gu = pack_weight(torch.cat([block.mlp.w_gate.weight, block.mlp.w_up.weight]), gemm)
+        w_o, w_down = pack_weight(att.wo.weight, gemm), pack_weight(block.mlp.w_down.weight, gemm)
+        w_lm = pack_weight(model.lm_head.weight, gemm)
         for n in token_grid:
             x = torch.randn(n, cfg.d_model, generator=g).to(dtype)
             cos, sin = rope_cos_sin(torch.arange(n), D, cfg.rope_theta, dtype)
@@ -881,20 +887,24 @@ def profile(
                 n,
                 partial(_norm_rope, block, x, q, k, cos[:, None], sin[:, None], pool, slots),
             )
-            rec("qkv", n, partial(F.linear, x, w_qkv))
-            rec("o_proj", n, partial(att.wo, y))
-            rec("mlp", n, partial(_mlp, block.mlp, x, w_gu))
+            rec("qkv", n, partial(gemm_linear, x, w_qkv, gemm))
+            rec("o_proj", n, partial(gemm_linear, y, w_o, gemm))
+            rec("mlp", n, partial(_mlp, x, w_gu, w_down, gemm))
             if n <= 256:
-                rec("lm_head", n, partial(_lm_head, model, x))
+                rec("lm_head", n, partial(_lm_head, model, x, w_lm, gemm))
                 logits = torch.randn(n, cfg.vocab_size, generator=g).to(dtype)
                 rec("sample", n, partial(_sample, logits))
+        bs = 16
         for B in (1, 8, 32):
             for T in (32, 256, 1024):
-                k_flat = torch.randn(B * T, Hkv, D, generator=g).to(dtype)
-                ids = torch.randperm(B * T, generator=g)
-                q = torch.randn(B, Hkv, H // Hkv, D, generator=g).to(dtype)
-                mask = torch.ones(B, 1, 1, T, dtype=torch.bool)
-                rec("attn_decode", B * T, partial(_decode_attn, k_flat, ids, q, mask))
+                nb = -(-T // bs)
+                k_cache = torch.randn(B * nb, bs, Hkv, D, generator=g).to(dtype)
+                v_cache = torch.randn(B * nb, bs, Hkv, D, generator=g).to(dtype)
+                tables = torch.randperm(B * nb, generator=g).view(B, nb)
+                lens = torch.full((B,), T, dtype=torch.long)
+                q = torch.randn(B, H, D, generator=g).to(dtype)
+                fn = partial(_decode_attn, k_cache, v_cache, tables, lens, q)
+                rec("attn_decode", B * T, fn)
         for S in (16, 64, 256, 512):
             q = torch.randn(1, H, S, D, generator=g).to(dtype)
             kv = torch.randn(1, Hkv, S, D, generator=g).to(dtype)

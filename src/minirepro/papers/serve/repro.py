@@ -686,7 +686,8 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
             seeds=[cfg.seed],
             unit="x",
             note=f"~{cfg.offload_tokens}-token conversation; {m['ttft_reprefill_s'] * 1e3:.1f} vs "
-            f"{m['ttft_restored_s'] * 1e3:.1f} ms; same tokens: {bool(m['offload_same_tokens'])}",
+            f"{m['ttft_restored_s'] * 1e3:.1f} ms; same tokens: {bool(m['offload_same_tokens'])}; "
+            f"restored from offload: {m['offload_hits']} times",
         ),
     ]
 

@@ -1,0 +1,169 @@
+"""Decode attention over the paged KV cache: a C++ kernel (csrc/paged_attention.cpp) and the
+torch formulation it replaces.
+
+Decoding on a CPU is memory-bound, and the torch formulation moves each sequence's KV bytes
+three times (gather them out of their blocks into a padded tensor, write it, read it in SDPA).
+The kernel reads every key and value once, through the block table, with an online softmax
+per block. It is built on first use (`minirepro.core.extension`); where it cannot be built,
+`paged_decode_attention(..., backend="auto")` uses the torch path and says why once.
+
+    out = paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens)
+
+q (B, H, D); k_cache / v_cache (num_blocks, block_size, H_kv, D); block_tables (B, max_blocks)
+int32/int64 (row b lists sequence b's blocks in order; entries past its length are ignored);
+context_lens (B,) int64. Query head i uses KV head i // (H / H_kv), as in HF's
+`repeat_kv`. Returns (B, H, D).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from minirepro.core import extension
+
+__all__ = ["kernel_available", "load_kernel", "paged_decode_attention", "torch_decode_attention"]
+
+_SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
+
+
+@functools.cache
+def load_kernel() -> ModuleType:
+    """Builds (first call on a machine, ~30-60 s) or loads the kernel.
+
+    Raises:
+        KernelUnavailable: No C++ compiler, or the build failed.
+    """
+    return extension.load_cpp_extension(
+        "serve_paged_attention",
+        _SOURCE,
+        what="the paged decode-attention kernel",
+        fallback="use backend='torch'",
+        openmp=True,
+    )
+
+
+@functools.cache
+def kernel_available() -> bool:
+    """Whether the kernel builds here (warns once with the reason when it does not)."""
+    try:
+        load_kernel()
+        return True
+    except extension.KernelUnavailable as exc:
+        warnings.warn(f"{exc}; decode attention uses the torch path", stacklevel=2)
+        return False
+
+
+def torch_decode_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    scale: float | None = None,
+) -> Tensor:
+    """The torch formulation: gather blocks into a padded batch, masked SDPA (any dtype)."""
+    B, H, D = q.shape
+    _, bs, Hkv, _ = k_cache.shape
+    T = int(context_lens.max())
+    nb = -(-T // bs)
+    table = block_tables[:, :nb].long()
+    needed = torch.arange(nb, device=table.device)[None, :] < (context_lens[:, None] + bs - 1) // bs
+    table = torch.where(needed, table, 0)  # entries past a sequence's length may be anything
+    kd = k_cache.index_select(0, table.reshape(-1)).view(B, nb * bs, Hkv, D)[:, :T]
+    vd = v_cache.index_select(0, table.reshape(-1)).view(B, nb * bs, Hkv, D)[:, :T]
+    mask = (torch.arange(T, device=q.device)[None, :] < context_lens[:, None])[:, None, None, :]
+    qd = q.view(B, Hkv, H // Hkv, D)  # the G heads of a KV head as G queries of that head
+    y = F.scaled_dot_product_attention(
+        qd, kd.transpose(1, 2), vd.transpose(1, 2), attn_mask=mask, scale=scale
+    )
+    return y.reshape(B, H, D)
+
+
+def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, lens: Tensor):
+    if q.dim() != 3:
+        raise ValueError(f"q must be (B, H, D), got shape {tuple(q.shape)}")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            "k_cache and v_cache must both be (num_blocks, block_size, H_kv, D), got "
+            f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    B, H, D = q.shape
+    Hkv = k_cache.shape[2]
+    if k_cache.shape[3] != D or H % Hkv:
+        raise ValueError(
+            f"q (B, H={H}, D={D}) does not fit a cache of H_kv={Hkv}, D={k_cache.shape[3]}"
+        )
+    if block_tables.dim() != 2 or block_tables.shape[0] != B:
+        raise ValueError(
+            f"block_tables must be (B={B}, max_blocks), got {tuple(block_tables.shape)}"
+        )
+    if lens.shape != (B,):
+        raise ValueError(f"context_lens must be (B={B},), got {tuple(lens.shape)}")
+    if not B:
+        return
+    bs, cap = k_cache.shape[1], block_tables.shape[1] * k_cache.shape[1]
+    if int(lens.min()) < 1 or int(lens.max()) > cap:
+        raise ValueError(
+            f"context lengths must lie in [1, {cap}] (max_blocks x block_size), got {lens.tolist()}"
+        )
+    used = block_tables[:, : -(-int(lens.max()) // bs)]
+    if int(used.min()) < 0 or int(used.max()) >= k_cache.shape[0]:
+        # only the entries each sequence reads matter; look closer before refusing
+        for b, n in enumerate(lens.tolist()):
+            ids = block_tables[b, : -(-n // bs)]
+            if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
+                raise ValueError(
+                    f"block id out of range [0, {k_cache.shape[0]}) in sequence {b}'s block "
+                    f"table: {ids.tolist()}"
+                )
+
+
+def paged_decode_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """One query token per sequence attending to its paged keys and values.
+
+    Args:
+        backend: "kernel" (the C++ kernel; raises if it cannot be built), "torch" (gather +
+            SDPA), or "auto" (the kernel for float32 CPU tensors when it builds, else torch).
+    """
+    if backend not in ("auto", "kernel", "torch"):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
+    context_lens = context_lens.to(torch.long)
+    _check(q, k_cache, v_cache, block_tables, context_lens)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    fits = (
+        q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
+        and q.device.type == k_cache.device.type == "cpu"
+        and k_cache.is_contiguous()
+        and v_cache.is_contiguous()
+        and q.shape[-1] % 8 == 0
+    )
+    if backend == "kernel" and not fits:
+        raise ValueError(
+            "the paged attention kernel needs float32, contiguous CPU tensors and a head_dim "
+            f"that is a multiple of 8 (got {q.dtype}, {q.device}, head_dim {q.shape[-1]})"
+        )
+    if (
+        backend == "torch"
+        or q.shape[0] == 0
+        or (backend == "auto" and not (fits and kernel_available()))
+    ):
+        return torch_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return load_kernel().paged_decode_attention(
+        q, k_cache, v_cache, block_tables, context_lens, scale
+    )
