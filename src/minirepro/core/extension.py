@@ -50,7 +50,7 @@ def extension_dir(name: str) -> Path:
 
 def load_cpp_extension(
     name: str,
-    source: Path,
+    source: Path | list[Path],
     what: str,
     fallback: str,
     openmp: bool = False,
@@ -60,7 +60,7 @@ def load_cpp_extension(
 
     Args:
         name: Short name of the extension (also its cache folder).
-        source: The .cpp file.
+        source: The .cpp file (or files).
         what: What the kernel is, for error messages ("the FlashRNN CPU kernel").
         fallback: What the user can do without it ("use backend='reference'").
         openmp: Compile with -fopenmp, which `at::parallel_for` needs to run on torch's
@@ -83,7 +83,7 @@ def load_cpp_extension(
     try:
         return load(
             name=f"minirepro_{name}",
-            sources=[str(source)],
+            sources=[str(p) for p in (source if isinstance(source, list) else [source])],
             extra_cflags=FLAGS + (["-fopenmp"] if openmp else []),
             extra_ldflags=["-fopenmp"] if openmp else [],
             build_directory=str(build_dir),

@@ -30,6 +30,7 @@ CONFIGS = {
     "max_seqs_2": {"max_num_seqs": 2, "enable_chunked_prefill": False},
     # the torch formulations the C++ attention kernel and the oneDNN GEMMs replace
     "torch_attention_and_gemm": {"attention": "torch", "gemm": "torch"},
+    "onednn_gemm": {"gemm": "onednn"},
 }
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minirepro.core.extension import KernelUnavailable
-from minirepro.papers.serve.paged_attention import load_kernel, paged_decode_attention
+from minirepro.papers.serve.kernels import load_kernel
+from minirepro.papers.serve.paged_attention import paged_decode_attention
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ class EngineConfig:
     offload_max_bytes: int = 1 << 30  # LRU-bounded disk use
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
-    gemm: str = "auto"  # projections: "onednn" (pre-packed weights), "torch", "auto"
+    gemm: str = "auto"  # projections: "packed" (C++, decode) + oneDNN, "onednn", "torch", "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
@@ -80,8 +80,10 @@ class EngineConfig:
             raise ValueError(
                 f"attention must be 'auto', 'kernel' or 'torch', got {self.attention!r}"
             )
-        if self.gemm not in ("auto", "onednn", "torch"):
-            raise ValueError(f"gemm must be 'auto', 'onednn' or 'torch', got {self.gemm!r}")
+        if self.gemm not in ("auto", "packed", "onednn", "torch"):
+            raise ValueError(
+                f"gemm must be 'auto', 'packed', 'onednn' or 'torch', got {self.gemm!r}"
+            )
 
 
 @dataclass

@@ -754,20 +754,20 @@ def _norm_rope(block, x, q, k, cos, sin, pool, slots):
     return block.norm2(h + x), q2
 
 
-def _mlp(x, w_gate_up, w_down, gemm):
+def _mlp(x, w_gate_up, w_down):
     """SwiGLU with the gate and up projections fused into one GEMM (as the runner)."""
     import torch.nn.functional as F
 
-    from minirepro.papers.serve.runner import gemm_linear
+    from minirepro.papers.serve.gemm import linear
 
-    gate, up = gemm_linear(x, w_gate_up, gemm).chunk(2, dim=-1)
-    return gemm_linear(F.silu(gate) * up, w_down, gemm)
+    gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, w_down)
 
 
-def _lm_head(model, x, w, gemm):
-    from minirepro.papers.serve.runner import gemm_linear
+def _lm_head(model, x, w):
+    from minirepro.papers.serve.gemm import linear
 
-    return gemm_linear(model.norm(x), w, gemm)
+    return linear(model.norm(x), w)
 
 
 def _decode_attn(k_cache, v_cache, tables, lens, q):
@@ -867,13 +867,13 @@ def profile(
     with torch.inference_mode():
         # The engine's runner fuses q/k/v and gate/up into one GEMM each, with the weights
         # laid out for its GEMM backend; time the same.
-        from minirepro.papers.serve.runner import gemm_linear, pack_weight, resolve_gemm
+        from minirepro.papers.serve.gemm import linear, pack, resolve_gemm
 
-        gemm = resolve_gemm("auto", att.wq.weight)
-        w_qkv = pack_weight(torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]), gemm)
-        w_gu = pack_weight(torch.cat([block.mlp.w_gate.weight, block.mlp.w_up.weight]), gemm)
-        w_o, w_down = pack_weight(att.wo.weight, gemm), pack_weight(block.mlp.w_down.weight, gemm)
-        w_lm = pack_weight(model.lm_head.weight, gemm)
+        kind = resolve_gemm("auto", att.wq.weight)
+        w_qkv = pack(torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]), kind)
+        w_gu = pack(torch.cat([block.mlp.w_gate.weight, block.mlp.w_up.weight]), kind)
+        w_o, w_down = pack(att.wo.weight, kind), pack(block.mlp.w_down.weight, kind)
+        w_lm = pack(model.lm_head.weight, kind)
         for n in token_grid:
             x = torch.randn(n, cfg.d_model, generator=g).to(dtype)
             cos, sin = rope_cos_sin(torch.arange(n), D, cfg.rope_theta, dtype)
@@ -887,11 +887,11 @@ def profile(
                 n,
                 partial(_norm_rope, block, x, q, k, cos[:, None], sin[:, None], pool, slots),
             )
-            rec("qkv", n, partial(gemm_linear, x, w_qkv, gemm))
-            rec("o_proj", n, partial(gemm_linear, y, w_o, gemm))
-            rec("mlp", n, partial(_mlp, x, w_gu, w_down, gemm))
+            rec("qkv", n, partial(linear, x, w_qkv))
+            rec("o_proj", n, partial(linear, y, w_o))
+            rec("mlp", n, partial(_mlp, x, w_gu, w_down))
             if n <= 256:
-                rec("lm_head", n, partial(_lm_head, model, x, w_lm, gemm))
+                rec("lm_head", n, partial(_lm_head, model, x, w_lm))
                 logits = torch.randn(n, cfg.vocab_size, generator=g).to(dtype)
                 rec("sample", n, partial(_sample, logits))
         bs = 16

@@ -4,7 +4,7 @@ torch formulation it replaces.
 Decoding on a CPU is memory-bound, and the torch formulation moves each sequence's KV bytes
 three times (gather them out of their blocks into a padded tensor, write it, read it in SDPA).
 The kernel reads every key and value once, through the block table, with an online softmax
-per block. It is built on first use (`minirepro.core.extension`); where it cannot be built,
+per block. It is built on first use (`kernels.load_kernel`); where it cannot be built,
 `paged_decode_attention(..., backend="auto")` uses the torch path and says why once.
 
     out = paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens)
@@ -17,48 +17,15 @@ context_lens (B,) int64. Query head i uses KV head i // (H / H_kv), as in HF's
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
-from pathlib import Path
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minirepro.core import extension
+from minirepro.papers.serve.kernels import kernel_available, load_kernel
 
-__all__ = ["kernel_available", "load_kernel", "paged_decode_attention", "torch_decode_attention"]
-
-_SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
-
-
-@functools.cache
-def load_kernel() -> ModuleType:
-    """Builds (first call on a machine, ~30-60 s) or loads the kernel.
-
-    Raises:
-        KernelUnavailable: No C++ compiler, or the build failed.
-    """
-    return extension.load_cpp_extension(
-        "serve_paged_attention",
-        _SOURCE,
-        what="the paged decode-attention kernel",
-        fallback="use backend='torch'",
-        openmp=True,
-    )
-
-
-@functools.cache
-def kernel_available() -> bool:
-    """Whether the kernel builds here (warns once with the reason when it does not)."""
-    try:
-        load_kernel()
-        return True
-    except extension.KernelUnavailable as exc:
-        warnings.warn(f"{exc}; decode attention uses the torch path", stacklevel=2)
-        return False
+__all__ = ["paged_decode_attention", "torch_decode_attention"]
 
 
 def torch_decode_attention(

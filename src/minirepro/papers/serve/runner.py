@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minirepro.core.model import Transformer, causal_mask, rope_cos_sin
+from minirepro.papers.serve import gemm
+from minirepro.papers.serve.kernels import kernel_available
 from minirepro.papers.serve.kv_cache import PagedKVCache
-from minirepro.papers.serve.paged_attention import kernel_available, paged_decode_attention
+from minirepro.papers.serve.paged_attention import paged_decode_attention
 
 
 @dataclass
@@ -120,9 +122,9 @@ class ModelRunner:
     Args:
         attention: Decode attention backend: "kernel" (the C++ paged kernel), "torch"
             (gather + SDPA), or "auto" (the kernel where it builds and fits the cache).
-        gemm: "onednn" (weights re-laid out once for oneDNN's matmul, which torch ships:
-            ~25% faster than `F.linear`'s MKL sgemm on this CPU, for few rows and many),
-            "torch" (`F.linear`), or "auto" (oneDNN for float32 CPU weights where torch has it).
+        gemm: Projection GEMMs (`gemm.GEMMS`): "packed" (the C++ packed kernel for decode
+            rows, oneDNN for prefill), "onednn", "torch" (`F.linear`), or "auto" (the best of
+            those that run here). Weights are re-laid out once, here.
     """
 
     def __init__(
@@ -130,7 +132,7 @@ class ModelRunner:
         model: Transformer,
         cache: PagedKVCache,
         attention: str = "auto",
-        gemm: str = "auto",
+        gemm_kind: str = "auto",
     ) -> None:
         cfg = model.cfg
         for i in range(cfg.n_layer):
@@ -166,8 +168,8 @@ class ModelRunner:
         # many padded groups; one more group must save this many padded key positions
         self.max_decode_groups = 1 if self.attention == "kernel" else 4
         self.decode_group_overhead = 1024
-        self.gemm = resolve_gemm(gemm, w)
-        pack = lambda t: pack_weight(t, self.gemm)  # noqa: E731
+        self.gemm = gemm.resolve_gemm(gemm_kind, w)
+        pack = lambda t: gemm.pack(t, self.gemm)  # noqa: E731
         with torch.no_grad():
             self.w_qkv = [
                 pack(torch.cat([b.mixer.wq.weight, b.mixer.wk.weight, b.mixer.wv.weight]))
@@ -321,50 +323,5 @@ class ModelRunner:
         x = x.index_select(0, batch.logits_rows)  # (n_sample, d_model)
         return self._linear(m.norm(x), self.w_lm_head)
 
-    def _linear(self, x: Tensor, w: Tensor) -> Tensor:
-        return gemm_linear(x, w, self.gemm)
-
-
-def gemm_linear(x: Tensor, w: Tensor, gemm: str) -> Tensor:
-    """x @ w.T, for w as `pack_weight(w, gemm)` laid it out."""
-    if gemm == "onednn" and x.shape[0]:
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    if gemm == "onednn":
-        return x.new_empty(0, w.shape[0])
-    return F.linear(x, w)
-
-
-def pack_weight(w: Tensor, gemm: str) -> Tensor:
-    """The weight in the layout `gemm_linear(., ., gemm)` reads."""
-    return _onednn_pack(w) if gemm == "onednn" else w.detach().contiguous()
-
-
-def _onednn_pack(w: Tensor) -> Tensor:
-    """w (out, in) re-laid out in oneDNN's blocked format (an opaque mkldnn tensor)."""
-    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 64)
-
-
-def resolve_gemm(gemm: str, w: Tensor) -> str:
-    """What `gemm` ("auto", "onednn" or "torch") resolves to for weights like w."""
-    if gemm not in ("auto", "onednn", "torch"):
-        raise ValueError(f"gemm must be 'auto', 'onednn' or 'torch', got {gemm!r}")
-    if gemm == "torch":
-        return "torch"
-    ok = (
-        w.dtype == torch.float32
-        and w.device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
-    if ok:
-        try:  # a private op of torch's: check that it runs here before relying on it
-            probe = torch.randn(4, 8)
-            out = torch.ops.mkldnn._linear_pointwise(
-                torch.randn(2, 8), _onednn_pack(probe), None, "none", [], ""
-            )
-            ok = out.shape == (2, 4)
-        except (RuntimeError, AttributeError):
-            ok = False
-    if not ok and gemm == "onednn":
-        raise ValueError("oneDNN matmul is not available for these weights (float32 CPU only)")
-    return "onednn" if ok else "torch"
+    def _linear(self, x: Tensor, w: gemm.Weight) -> Tensor:
+        return gemm.linear(x, w)
