@@ -31,6 +31,30 @@ inline v8f load8(const float* p) {
   return x;
 }
 
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// e^x of eight floats at once for x <= 0 (a softmax's shifted scores): x = n ln2 + r with
+// |r| <= ln2 / 2, e^r by a degree-6 polynomial (relative error ~2e-7), 2^n through the
+// exponent bits. Below -87 (where e^x leaves float's normal range) it returns ~1e-38.
+inline v8f exp8(v8f x) {
+  const v8f lo = v8f{} - 87.0f;
+  x = x < lo ? lo : x;
+  const v8f magic = v8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const v8f n = (x * 1.44269504088896341f + magic) - magic;
+  const v8f r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln 2 in two parts
+  v8f p = v8f{} + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8f scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 inline float hsum(v8f x) {
   return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
 }
@@ -72,15 +96,31 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
           prefetch(k + next, n1);
           prefetch(v + next, n1);
         }
-        for (int64_t t = 0; t < n; ++t) {
-          for (int64_t h = 0; h < Hkv; ++h) {
-            const float* kt = kb + t * row + h * D;
-            for (int64_t g = h * G; g < (h + 1) * G; ++g) {  // the query heads of KV head h
-              const v8f* qg = qv.data() + g * DV;
-              v8f s = qg[0] * load8(kt);
-              for (int64_t c = 1; c < DV; ++c) s += qg[c] * load8(kt + 8 * c);
-              scores[g * bs + t] = hsum(s);
+        for (int64_t g = 0; g < H; ++g) {  // query head g reads KV head g / G
+          const float* kh = kb + (g / G) * D;
+          const v8f* qg = qv.data() + g * DV;
+          float* sg = scores.data() + g * bs;
+          int64_t t = 0;
+          for (; t + 4 <= n; t += 4) {  // four keys at once: four independent FMA chains
+            const float* k0 = kh + t * row;
+            v8f s0{}, s1{}, s2{}, s3{};
+            for (int64_t c = 0; c < DV; ++c) {
+              const v8f qc = qg[c];
+              s0 += qc * load8(k0 + 8 * c);
+              s1 += qc * load8(k0 + row + 8 * c);
+              s2 += qc * load8(k0 + 2 * row + 8 * c);
+              s3 += qc * load8(k0 + 3 * row + 8 * c);
             }
+            sg[t] = hsum(s0);
+            sg[t + 1] = hsum(s1);
+            sg[t + 2] = hsum(s2);
+            sg[t + 3] = hsum(s3);
+          }
+          for (; t < n; ++t) {
+            const float* kt = kh + t * row;
+            v8f s0{};
+            for (int64_t c = 0; c < DV; ++c) s0 += qg[c] * load8(kt + 8 * c);
+            sg[t] = hsum(s0);
           }
         }
         for (int64_t g = 0; g < H; ++g) {
@@ -89,7 +129,13 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
           for (int64_t t = 0; t < n; ++t) mx = std::max(mx, s[t]);
           const float corr = std::exp(m[g] - mx);  // exp(-inf) = 0 on the first block
           float sum = l[g] * corr;
-          for (int64_t t = 0; t < n; ++t) {
+          int64_t t = 0;
+          for (; t + 8 <= n; t += 8) {
+            const v8f e = exp8(load8(s + t) - mx);
+            std::memcpy(s + t, &e, sizeof(e));
+            sum += hsum(e);
+          }
+          for (; t < n; ++t) {
             s[t] = std::exp(s[t] - mx);
             sum += s[t];
           }
