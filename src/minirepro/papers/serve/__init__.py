@@ -14,12 +14,15 @@ Implemented here, with vLLM's names where vLLM has the concept (`LLMEngine`, `Sa
 - a paged KV cache (blocks per layer, free list, reference counts, block tables) with automatic
   prefix caching over a hash chain of full blocks and LRU eviction (kv_cache.py);
 - a varlen model runner: prefill chunks and decode tokens of many sequences in one forward,
-  K/V written into their slots, batched padded decode attention (runner.py);
+  K/V written into their slots (runner.py), with two C++ CPU kernels built on first use
+  (kernels.py, csrc/): decode attention straight from the paged cache, one pass over the KV
+  bytes (paged_attention.py), and a packed GEMM for the few rows of a decode step, oneDNN
+  on pre-packed weights above that (gemm.py); torch formulations where they cannot build;
 - continuous batching with chunked prefill under a token budget and preemption by
   recompute (scheduler.py); sampling with per-request seeds, stop ids, stop strings and
   incremental detokenisation (sampling.py);
 - async scheduling (iteration i+1 formed while i computes) and nano-batched execution
-  (k nano-batches, or the cost-model search of nanobatch.py), both token-identical to the
+  (k nano-batches, or the cost-model search of nanobatch/), both token-identical to the
   plain engine (engine.py); KV offload of finished conversation turns to LRU-bounded
   safetensors files with checksums (offload.py);
 - an OpenAI-compatible server (server.py, async_engine.py, metrics.py).

@@ -373,6 +373,8 @@ class LLMEngine:
         groups = [work]
         if self.config.nano_batches != 1 and len(work) > 1:
             groups = self._nano_groups(work)
+        # one group, nothing to overlap with (no async scheduling): run it on this thread
+        inline = len(groups) == 1 and not self.config.async_scheduling
         results: list[Future | Tensor] = []
         for group in groups:
             batch = self.runner.prepare(
@@ -380,7 +382,7 @@ class LLMEngine:
             )
             ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
             self.runner.set_input_ids(batch, ids)
-            results.append(self._run(batch))
+            results.append(self.runner.forward(batch) if inline else self._run(batch))
         return _Launched(groups, results)
 
     def _run(self, batch: BatchInput) -> Future | Tensor:
