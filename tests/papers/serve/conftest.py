@@ -69,3 +69,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """The serve engine's C++ kernels (built once per machine); skips without a compiler."""
+    from minirepro.core.extension import KernelUnavailable
+    from minirepro.papers.serve.kernels import load_kernel
+
+    try:
+        return load_kernel()
+    except KernelUnavailable as exc:
+        pytest.skip(str(exc))

@@ -4,17 +4,7 @@ float64."""
 import pytest
 import torch
 
-from minirepro.core.extension import KernelUnavailable
 from minirepro.papers.serve import gemm
-from minirepro.papers.serve.kernels import load_kernel
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    try:
-        return load_kernel()
-    except KernelUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("kind", ["packed", "onednn", "torch"])

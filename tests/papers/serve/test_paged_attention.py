@@ -6,17 +6,7 @@ import math
 import pytest
 import torch
 
-from minirepro.core.extension import KernelUnavailable
-from minirepro.papers.serve.kernels import load_kernel
 from minirepro.papers.serve.paged_attention import paged_decode_attention
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    try:
-        return load_kernel()
-    except KernelUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def naive(q, k_cache, v_cache, tables, lens):
