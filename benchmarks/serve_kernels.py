@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from minirepro.core.bench import BenchReport, ratio, time_contenders
 from minirepro.papers.serve import gemm
-from minirepro.papers.serve.paged_attention import paged_decode_attention
+from minirepro.papers.serve.paged_attention import attend_paged, paged_decode_attention
 
 LAYERS = 30
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # (N, K) of one layer
@@ -108,15 +108,12 @@ def attention_cases(batches: list[int], T: int, repeats: int, report, summary, b
         b = paged_decode_attention(q, k[0], v[0], tables, lens, backend="torch")
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
-        def step(backend, q=q, tables=tables, lens=lens):
+        def step(use_kernel, q=q, tables=tables, lens=lens):  # as the engine calls it
             return lambda: [
-                paged_decode_attention(q, k[i], v[i], tables, lens, backend=backend)
-                for i in range(LAYERS)
+                attend_paged(q, k[i], v[i], tables, lens, use_kernel) for i in range(LAYERS)
             ]
 
-        t = time_contenders(
-            {"torch": step("torch"), "kernel": step("kernel")}, warmup=1, repeats=repeats
-        )
+        t = time_contenders({"torch": step(False), "kernel": step(True)}, warmup=1, repeats=repeats)
         kv_bytes = 2 * LAYERS * int(lens.sum()) * Hkv * D * 4
         for name, timing in t.items():
             report.add_case(

@@ -49,6 +49,15 @@ def _qkv(B, H, Hkv, S, T, D, seed=0, grad=False):
     return [x.requires_grad_(grad) for x in (q, k, v)]
 
 
+def _assert_grads_match(out, expected, inputs, atol=1e-4):
+    """d(out)/d(inputs) equals d(expected)/d(inputs) for one random cotangent."""
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, do)
+    want = torch.autograd.grad(expected, inputs, do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=atol, rtol=atol)
+
+
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("score", SCORE_MODS)
 def test_forward_backward_match_dense_oracle(mask, score):
@@ -60,11 +69,7 @@ def test_forward_backward_match_dense_oracle(mask, score):
     exp_out, exp_lse = dense_flex_attention(q, k, v, sm, mm)
     torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
-    do = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), do)
-    want = torch.autograd.grad(exp_out, (q, k, v), do)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _assert_grads_match(out, exp_out, (q, k, v))
 
 
 @pytest.mark.parametrize("mask", ["causal", "document", "per_head", "and"])
@@ -77,11 +82,7 @@ def test_bucketed_plan_matches_dense_oracle(mask):
     out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=BUCKETS)
     exp_out, _ = dense_flex_attention(q, k, v, None, mm)
     torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
-    do = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), do)
-    want = torch.autograd.grad(exp_out, (q, k, v), do)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _assert_grads_match(out, exp_out, (q, k, v))
 
 
 FUSED_CASES = {
@@ -121,11 +122,7 @@ def test_fused_plan_structure_and_gradients(case):
     exp_out, exp_lse = dense_flex_attention(q, k, v, None, mm)
     torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
-    do = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), do)
-    want = torch.autograd.grad(exp_out, (q, k, v), do)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _assert_grads_match(out, exp_out, (q, k, v))
 
 
 def look_ahead(b, h, q_idx, kv_idx):
@@ -145,11 +142,7 @@ def test_per_head_bands_on_views(S, T):
     out = flex_attention(q, k, v, block_mask=bm)
     exp, _ = dense_flex_attention(q, k, v, None, look_ahead)
     torch.testing.assert_close(out, exp, atol=1e-5, rtol=1e-5)
-    do = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), do)
-    want = torch.autograd.grad(exp, (q, k, v), do)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _assert_grads_match(out, exp, (q, k, v))
 
 
 @pytest.mark.parametrize("S,T,block", [(1, 77, 16), (130, 257, 64), (64, 64, 128), (200, 90, 32)])

@@ -31,8 +31,10 @@ import torch
 from torch import Tensor
 
 from minirepro.core.model import Transformer
+from minirepro.papers.serve.gemm import GEMMS
 from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache, block_key
 from minirepro.papers.serve.offload import OffloadStore
+from minirepro.papers.serve.paged_attention import BACKENDS
 from minirepro.papers.serve.runner import BatchInput, ModelRunner, SeqWork
 from minirepro.papers.serve.sampling import (
     Detokenizer,
@@ -76,14 +78,10 @@ class EngineConfig:
         nb = self.nano_batches
         if not (nb == "auto" or (isinstance(nb, int) and not isinstance(nb, bool) and nb >= 1)):
             raise ValueError(f"nano_batches must be an int >= 1 or 'auto', got {nb!r}")
-        if self.attention not in ("auto", "kernel", "torch"):
-            raise ValueError(
-                f"attention must be 'auto', 'kernel' or 'torch', got {self.attention!r}"
-            )
-        if self.gemm not in ("auto", "packed", "onednn", "torch"):
-            raise ValueError(
-                f"gemm must be 'auto', 'packed', 'onednn' or 'torch', got {self.gemm!r}"
-            )
+        if self.attention not in BACKENDS:
+            raise ValueError(f"attention must be one of {BACKENDS}, got {self.attention!r}")
+        if self.gemm not in GEMMS:
+            raise ValueError(f"gemm must be one of {GEMMS}, got {self.gemm!r}")
 
 
 @dataclass

@@ -25,7 +25,32 @@ from torch import Tensor
 
 from minirepro.papers.serve.kernels import kernel_available, load_kernel
 
-__all__ = ["paged_decode_attention", "torch_decode_attention"]
+__all__ = [
+    "BACKENDS",
+    "attend_paged",
+    "kernel_fits",
+    "paged_decode_attention",
+    "torch_decode_attention",
+]
+
+BACKENDS = ("auto", "kernel", "torch")
+
+
+def kernel_fits(cache: Tensor, head_dim: int) -> bool:
+    """Whether the kernel can read a KV cache like `cache` (float32, CPU, contiguous, D % 8)."""
+    return (
+        cache.dtype == torch.float32
+        and cache.device.type == "cpu"
+        and cache.is_contiguous()
+        and head_dim % 8 == 0
+    )
+
+
+def _used_blocks(block_tables: Tensor, lens: Tensor, bs: int) -> tuple[Tensor, Tensor]:
+    """(the first nb columns of the tables, True where sequence b reads column j)."""
+    nb = -(-int(lens.max()) // bs)
+    table = block_tables[:, :nb].long()
+    return table, torch.arange(nb, device=table.device)[None, :] < (lens[:, None] + bs - 1) // bs
 
 
 def torch_decode_attention(
@@ -40,10 +65,9 @@ def torch_decode_attention(
     B, H, D = q.shape
     _, bs, Hkv, _ = k_cache.shape
     T = int(context_lens.max())
-    nb = -(-T // bs)
-    table = block_tables[:, :nb].long()
-    needed = torch.arange(nb, device=table.device)[None, :] < (context_lens[:, None] + bs - 1) // bs
+    table, needed = _used_blocks(block_tables, context_lens, bs)
     table = torch.where(needed, table, 0)  # entries past a sequence's length may be anything
+    nb = table.shape[1]
     kd = k_cache.index_select(0, table.reshape(-1)).view(B, nb * bs, Hkv, D)[:, :T]
     vd = v_cache.index_select(0, table.reshape(-1)).view(B, nb * bs, Hkv, D)[:, :T]
     mask = (torch.arange(T, device=q.device)[None, :] < context_lens[:, None])[:, None, None, :]
@@ -81,16 +105,33 @@ def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, le
         raise ValueError(
             f"context lengths must lie in [1, {cap}] (max_blocks x block_size), got {lens.tolist()}"
         )
-    used = block_tables[:, : -(-int(lens.max()) // bs)]
-    if int(used.min()) < 0 or int(used.max()) >= k_cache.shape[0]:
-        # only the entries each sequence reads matter; look closer before refusing
-        for b, n in enumerate(lens.tolist()):
-            ids = block_tables[b, : -(-n // bs)]
-            if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
-                raise ValueError(
-                    f"block id out of range [0, {k_cache.shape[0]}) in sequence {b}'s block "
-                    f"table: {ids.tolist()}"
-                )
+    table, needed = _used_blocks(block_tables, lens, bs)
+    bad = needed & ((table < 0) | (table >= k_cache.shape[0]))
+    if bad.any():
+        b = int(bad.any(1).nonzero()[0])
+        raise ValueError(
+            f"block id out of range [0, {k_cache.shape[0]}) in sequence {b}'s block table: "
+            f"{table[b][needed[b]].tolist()}"
+        )
+
+
+def attend_paged(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    use_kernel: bool,
+    scale: float | None = None,
+) -> Tensor:
+    """`paged_decode_attention` without its input checks, for callers that built the inputs
+    themselves (the engine's runner, every layer of every step). context_lens: int64."""
+    if not use_kernel or q.shape[0] == 0:
+        return torch_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return load_kernel().paged_decode_attention(
+        q, k_cache, v_cache, block_tables, context_lens, scale
+    )
 
 
 def paged_decode_attention(
@@ -108,29 +149,16 @@ def paged_decode_attention(
         backend: "kernel" (the C++ kernel; raises if it cannot be built), "torch" (gather +
             SDPA), or "auto" (the kernel for float32 CPU tensors when it builds, else torch).
     """
-    if backend not in ("auto", "kernel", "torch"):
-        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     context_lens = context_lens.to(torch.long)
     _check(q, k_cache, v_cache, block_tables, context_lens)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    fits = (
-        q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
-        and q.device.type == k_cache.device.type == "cpu"
-        and k_cache.is_contiguous()
-        and v_cache.is_contiguous()
-        and q.shape[-1] % 8 == 0
-    )
+    fits = q.dtype == torch.float32 and q.device.type == "cpu"
+    fits = fits and kernel_fits(k_cache, q.shape[-1]) and kernel_fits(v_cache, q.shape[-1])
     if backend == "kernel" and not fits:
         raise ValueError(
             "the paged attention kernel needs float32, contiguous CPU tensors and a head_dim "
             f"that is a multiple of 8 (got {q.dtype}, {q.device}, head_dim {q.shape[-1]})"
         )
-    if (
-        backend == "torch"
-        or q.shape[0] == 0
-        or (backend == "auto" and not (fits and kernel_available()))
-    ):
-        return torch_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
-    return load_kernel().paged_decode_attention(
-        q, k_cache, v_cache, block_tables, context_lens, scale
-    )
+    use_kernel = backend == "kernel" or (backend == "auto" and fits and kernel_available())
+    return attend_paged(q, k_cache, v_cache, block_tables, context_lens, use_kernel, scale)

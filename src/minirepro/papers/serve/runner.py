@@ -28,7 +28,7 @@ from minirepro.core.model import Transformer, causal_mask, rope_cos_sin
 from minirepro.papers.serve import gemm
 from minirepro.papers.serve.kernels import kernel_available
 from minirepro.papers.serve.kv_cache import PagedKVCache
-from minirepro.papers.serve.paged_attention import paged_decode_attention
+from minirepro.papers.serve.paged_attention import BACKENDS, attend_paged, kernel_fits
 
 
 @dataclass
@@ -147,26 +147,20 @@ class ModelRunner:
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         w = model.embed.weight
         self.dtype, self.device = w.dtype, w.device
-        if attention not in ("auto", "kernel", "torch"):
-            raise ValueError(f"attention must be 'auto', 'kernel' or 'torch', got {attention!r}")
-        fits = (
-            cache.k[0].dtype == torch.float32
-            and cache.k[0].device.type == "cpu"
-            and cfg.head_dim % 8 == 0
-        )
+        if attention not in BACKENDS:
+            raise ValueError(f"attention must be one of {BACKENDS}, got {attention!r}")
+        fits = kernel_fits(cache.k[0], cfg.head_dim)
         if attention == "kernel" and not fits:
             raise ValueError(
                 "the paged attention kernel needs a float32 CPU cache and head_dim % 8 == 0, "
                 f"got {cache.k[0].dtype} on {cache.k[0].device}, head_dim {cfg.head_dim}"
             )
-        self.attention = (
-            "kernel"
-            if attention == "kernel" or (attention == "auto" and fits and kernel_available())
-            else "torch"
+        self.use_kernel = attention == "kernel" or (
+            attention == "auto" and fits and kernel_available()
         )
         # without the kernel, decode sequences of very different lengths attend in up to this
         # many padded groups; one more group must save this many padded key positions
-        self.max_decode_groups = 1 if self.attention == "kernel" else 4
+        self.max_decode_groups = 1 if self.use_kernel else 4
         self.decode_group_overhead = 1024
         self.gemm = gemm.resolve_gemm(gemm_kind, w)
         pack = lambda t: gemm.pack(t, self.gemm)  # noqa: E731
@@ -258,13 +252,8 @@ class ModelRunner:
     # ------------------------------------------------------------------ forward
     def _decode_attention(self, layer: int, group: DecodeGroup, q: Tensor) -> Tensor:
         """q (Bd, H, D) of one decode group -> (Bd, H, D)."""
-        return paged_decode_attention(
-            q,
-            self.cache.k[layer],
-            self.cache.v[layer],
-            group.tables,
-            group.lens,
-            backend=self.attention,
+        return attend_paged(
+            q, self.cache.k[layer], self.cache.v[layer], group.tables, group.lens, self.use_kernel
         )
 
     def _attention(self, layer: int, batch: BatchInput, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -307,7 +296,7 @@ class ModelRunner:
         half = D // 2
         for i, block in enumerate(m.layers):
             h = block.norm1(x)
-            qkv = self._linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
+            qkv = gemm.linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
             q = qkv[:, : H * D].view(N, H, D)
             k = qkv[:, H * D : (H + Hkv) * D].view(N, Hkv, D)
             v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
@@ -316,12 +305,9 @@ class ModelRunner:
             self.cache.k_flat[i].index_copy_(0, batch.slots, k)
             self.cache.v_flat[i].index_copy_(0, batch.slots, v)
             y = self._attention(i, batch, q, k, v)  # (N, H, D)
-            x = x + self._linear(y.reshape(N, H * D), self.w_o[i])
-            gu = self._linear(block.norm2(x), self.w_gate_up[i])  # (N, 2 d_ff)
+            x = x + gemm.linear(y.reshape(N, H * D), self.w_o[i])
+            gu = gemm.linear(block.norm2(x), self.w_gate_up[i])  # (N, 2 d_ff)
             gate, up = gu.chunk(2, dim=-1)
-            x = x + self._linear(F.silu(gate) * up, self.w_down[i])
+            x = x + gemm.linear(F.silu(gate) * up, self.w_down[i])
         x = x.index_select(0, batch.logits_rows)  # (n_sample, d_model)
-        return self._linear(m.norm(x), self.w_lm_head)
-
-    def _linear(self, x: Tensor, w: gemm.Weight) -> Tensor:
-        return gemm.linear(x, w)
+        return gemm.linear(m.norm(x), self.w_lm_head)

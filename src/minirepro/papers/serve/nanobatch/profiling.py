@@ -125,9 +125,11 @@ def _decode_attn(k_cache, v_cache, tables, lens, q):
     k_cache, v_cache: (num_blocks, block_size, H_kv, D); tables: (B, nb); lens: (B,);
     q: (B, H, D).
     """
-    from minirepro.papers.serve.paged_attention import paged_decode_attention
+    from minirepro.papers.serve.kernels import kernel_available
+    from minirepro.papers.serve.paged_attention import attend_paged, kernel_fits
 
-    return paged_decode_attention(q, k_cache, v_cache, tables, lens)
+    use_kernel = kernel_fits(k_cache, q.shape[-1]) and kernel_available()
+    return attend_paged(q, k_cache, v_cache, tables, lens, use_kernel)
 
 
 def _sample(logits):
