@@ -5,12 +5,12 @@ Decoding multiplies a few rows (one per running sequence) by every weight, so ea
 streams all the weights from memory; prefill multiplies hundreds. Measured on 2 AMD EPYC
 cores, one thread, SmolLM2-135M's matrices, cold weights (`python benchmarks/serve_kernels.py`):
 
-- `F.linear` (MKL sgemm) repacks W on every call: 164 ms a step for 4 rows, 207 ms for 16;
+- `F.linear` (MKL sgemm) repacks W on every call: 124 ms a step for 4 rows, 181 ms for 16;
 - oneDNN's matmul on weights re-laid out once (`torch.ops.mkldnn`, shipped with torch):
-  114 ms and 165 ms, 20-45% faster at every row count from 4 on;
+  87 ms and 146 ms, 20-40% faster at every row count from 4 on;
 - the packed kernel (csrc/packed_gemm.cpp: 16-column panels, 6 x 16 register tile, next panel
-  prefetched): 60 ms for 4 rows (the memory floor is 39 ms), 117 ms for 16 — and no better
-  than oneDNN from ~64 rows on.
+  prefetched): 48 ms for 4 rows (the memory floor: 50 ms at the 10.9 GB/s measured), 114 ms
+  for 16 — and no better than oneDNN from ~64 rows on.
 
 So `gemm="auto"` takes the packed kernel up to `SMALL_ROWS` rows and oneDNN above, and falls
 back to what builds and runs here: oneDNN alone without a C++ compiler, `F.linear` without
