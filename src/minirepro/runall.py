@@ -214,6 +214,7 @@ class _Display:
         self.running: str | None = None
         self.started = 0.0
         self.progress: Progress | None = None
+        self.job_started = time.monotonic()
 
     def __enter__(self) -> _Display:
         if self.console.is_terminal:
@@ -235,16 +236,23 @@ class _Display:
         if self.progress is not None:
             self.progress.stop()
 
-    def status(self) -> str:
-        """`flow 1m 10s (last time 2m 00s) · about 8m 30s left`."""
+    def _left(self) -> str:
         todo = self.papers[self.done :]
         elapsed = time.monotonic() - self.started if self.running else 0.0
-        left = describe_left(*time_left(self.recorded, todo, elapsed), len(todo))
+        return describe_left(*time_left(self.recorded, todo, elapsed), len(todo))
+
+    def _last_time(self) -> str:
+        last = self.recorded.get(self.running or "")
+        return f" (last time {format_duration(last)})" if last is not None else ""
+
+    def status(self) -> str:
+        """The live line: `flow 1m 10s (last time 2m 00s) · about 8m 30s left`."""
+        if self.done == len(self.papers):
+            return "done"
         if self.running is None:
-            return left
-        last = self.recorded.get(self.running)
-        was = f" (last time {format_duration(last)})" if last is not None else ""
-        return f"{self.running} {format_duration(elapsed)}{was} · {left}"
+            return self._left()
+        elapsed = format_duration(time.monotonic() - self.started)
+        return f"{self.running} {elapsed}{self._last_time()} · {self._left()}"
 
     def print(self, renderable: Any) -> None:
         console = self.progress.console if self.progress is not None else self.console
@@ -255,14 +263,17 @@ class _Display:
         step = f"[{self.done + 1}/{len(self.papers)}] {paper_id}"
         if self.progress is not None:
             self.progress.update(self.task, description=step)
-        else:
-            self.print(Text(f"{step} started · {self.status()}"))
+            return
+        job = format_duration(time.monotonic() - self.job_started)
+        self.print(Text(f"{step} started{self._last_time()} · job {job} · {self._left()}"))
 
     def finish(self, paper_id: str, run: Run, reused: bool = False) -> None:
         self.done += 1
         self.running = None
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done)
+            if self.done == len(self.papers):
+                self.progress.update(self.task, description="run all")
         how = "reused from this folder" if reused else format_duration(run.wall_s)
         if run.error is not None:
             tb = run.path / "traceback.txt"
@@ -335,7 +346,9 @@ def run_all(
             return ExitCode.PASS
         spec = JobSpec(preset or "quick", seed, papers)
         job = RunDir("all", asdict(spec), root=runs_dir, preset=spec.preset).path
-    console.print(f"job folder: {job} (report.html there is updated as papers finish)")
+    console.print(
+        f"job folder: {job} (its report.html is updated as papers finish)", soft_wrap=True
+    )
 
     rows = {row.id: row for row in registry.all_papers()}
     status = {

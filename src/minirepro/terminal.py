@@ -27,7 +27,7 @@ def _style(word: str) -> str:
 def print_results(
     console: Console, rows: Sequence[tuple[str, Result]], title: str | None = None
 ) -> None:
-    """Prints one row per Result: paper, claim, paper's value, ours, verdict."""
+    """Prints one row per Result: paper (if several), claim, paper's value, ours, verdict."""
     if not console.is_terminal:
         if title:
             console.print(Text(title, "bold"), soft_wrap=True)
@@ -40,15 +40,17 @@ def print_results(
             )
             console.print(line, soft_wrap=True)
         return
-    table = Table(title=title)
-    table.add_column("paper", no_wrap=True)
+    several = len({pid for pid, _ in rows}) > 1
+    table = Table(title=title, title_justify="left")
+    if several:
+        table.add_column("paper", no_wrap=True)
     table.add_column("claim", ratio=1, min_width=24, overflow="fold")
-    table.add_column("paper's value", max_width=28, overflow="fold")
+    table.add_column("paper's value", max_width=22, overflow="fold")
     table.add_column("ours (mean ± std)", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     for pid, r in rows:
-        verdict = Text(r.verdict, _style(r.verdict))
-        table.add_row(pid, r.claim, r.format_paper_value(), r.format_measured(), verdict)
+        cells = [r.claim, r.format_paper_value(), r.format_measured()]
+        table.add_row(*([pid] if several else []), *cells, Text(r.verdict, _style(r.verdict)))
     console.print(table)
 
 
