@@ -168,6 +168,10 @@ def test_exit_codes_say_pass_fail_error(fakes, tmp_path: Path) -> None:
         cli.app, ["run", "low", "--preset", "smoke", "--runs-dir", str(tmp_path)]
     )
     assert single.exit_code == runall.ExitCode.FAIL
+    ctrl_c = runner.invoke(
+        cli.app, ["run", "flaky", "--preset", "smoke", "--runs-dir", str(tmp_path)]
+    )
+    assert ctrl_c.exit_code == runall.ExitCode.INTERRUPTED and "interrupted" in ctrl_c.output
 
 
 def test_only_an_unimplemented_paper_is_a_clear_error(tmp_path: Path) -> None:
@@ -194,7 +198,7 @@ def test_time_left_from_recorded_runs(tmp_path: Path) -> None:
     assert runall.time_left(recorded, ["a", "b"], elapsed=30.0) == (120.0, 0)
     assert runall.time_left(recorded, ["a", "c"], elapsed=130.0) == (0.0, 1)
     assert runall.describe_left(120.0, 0, 2) == "about 2m 00s left"
-    assert "1 papers never timed" in runall.describe_left(50.0, 1, 2)
+    assert "(1 paper never timed here)" in runall.describe_left(50.0, 1, 2)
     assert "unknown" in runall.describe_left(0.0, 2, 2)
 
 

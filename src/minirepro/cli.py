@@ -144,9 +144,14 @@ def run(
         err_console.print("".join(traceback.format_exception(exc.__cause__ or exc)))
         raise _fail(str(exc), code=runall.ExitCode.ERROR) from None
     out = RunDir(paper.id, cfg, root=runs_dir, preset=preset or "quick")
-    with _progress() as progress:
-        out.progress = progress
-        results = runall.run_paper(paper, cfg, out)
+    try:
+        with _progress() as progress:
+            out.progress = progress
+            results = runall.run_paper(paper, cfg, out)
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted; partial run in {out.path}", runall.ExitCode.INTERRUPTED
+        ) from None
     print_results(console, [(paper.id, r) for r in results])
     console.print(f"run folder: {out.path}", soft_wrap=True)
     failed = any(r.verdict == "fail" for r in results)

@@ -194,7 +194,8 @@ def describe_left(seconds: float, unknown: int, n_todo: int) -> str:
         return f"about {format_duration(seconds)} left"
     if unknown == n_todo:
         return "time left unknown (no earlier run at this preset)"
-    return f"over {format_duration(seconds)} left ({unknown} papers never timed)"
+    papers = "paper" if unknown == 1 else "papers"
+    return f"over {format_duration(seconds)} left ({unknown} {papers} never timed here)"
 
 
 class _JobColumn(ProgressColumn):
@@ -298,6 +299,50 @@ def _publish(
     return write_report(ordered, job, papers=registry.paper_meta(), status=status)
 
 
+def _attempt(
+    row: registry.Listing,
+    spec: JobSpec,
+    job: Path,
+    git_sha: str | None,
+    reuse: bool,
+    display: _Display,
+    status: dict[str, str],
+    runs: Mapping[str, Run],
+) -> Run:
+    """One paper of the job: its finished run in the job folder if `reuse` allows, else a
+    new run (an error is recorded in its folder, not raised)."""
+    pid, cfg, problem = row.id, None, None
+    try:
+        if row.error is not None:
+            raise row.error
+        assert row.paper is not None
+        cfg = registry.make_config(row.paper, spec.preset, seed=spec.seed)
+    except (registry.RegistryError, registry.PaperImportError) as exc:
+        problem = exc
+    if cfg is not None and reuse:
+        run, why = reusable_run(job, pid, cfg, git_sha)
+        if run is not None:
+            display.finish(pid, run, reused=True)
+            return run
+        if why:
+            display.print(Text(f"{pid}: running again: {why}", "yellow"))
+    display.start(pid)
+    status[pid] = "running"
+    _publish(job, spec.papers, runs, status)
+    out = RunDir(pid, cfg if cfg is not None else {}, root=job, preset=spec.preset)
+    out.progress = display.progress
+    if problem is not None:
+        out.write_error(problem)
+    else:
+        try:
+            run_paper(row.paper, cfg, out)  # type: ignore[arg-type]
+        except Exception:
+            pass  # run_paper recorded it in the run folder
+    run = load_run(out.path)
+    display.finish(pid, run)
+    return run
+
+
 def run_all(
     console: Console,
     *,
@@ -361,42 +406,14 @@ def run_all(
     runs: dict[str, Run] = {}
     interrupted = False
     with _Display(console, papers, recorded) as display:
-        for pid in papers:
-            row, cfg, problem = rows[pid], None, None
-            try:
-                if row.error is not None:
-                    raise row.error
-                assert row.paper is not None
-                cfg = registry.make_config(row.paper, spec.preset, seed=spec.seed)
-            except (registry.RegistryError, registry.PaperImportError) as exc:
-                problem = exc
-            if cfg is not None and resume is not None:
-                run, why = reusable_run(job, pid, cfg, git_sha)
-                if run is not None:
-                    runs[pid] = run
-                    display.finish(pid, run, reused=True)
-                    continue
-                if why:
-                    display.print(Text(f"{pid}: running again: {why}", "yellow"))
-            display.start(pid)
-            status[pid] = "running"
-            _publish(job, papers, runs, status)
-            out = RunDir(pid, cfg if cfg is not None else {}, root=job, preset=spec.preset)
-            out.progress = display.progress
-            try:
-                if problem is not None:
-                    out.write_error(problem)
-                else:
-                    run_paper(row.paper, cfg, out)  # type: ignore[arg-type]
-            except KeyboardInterrupt:
-                status[pid] = "interrupted"
-                interrupted = True
-                break
-            except Exception:
-                pass  # recorded in its run folder by run_paper
-            runs[pid] = load_run(out.path)
-            display.finish(pid, runs[pid])
-            _publish(job, papers, runs, status)
+        try:
+            for pid in papers:
+                reuse = resume is not None
+                runs[pid] = _attempt(rows[pid], spec, job, git_sha, reuse, display, status, runs)
+                _publish(job, papers, runs, status)
+        except KeyboardInterrupt:  # a paper's partial folder stays, without result.json
+            interrupted = True
+            status.update({p: "interrupted" for p in papers if status[p] == "running"})
     if interrupted:
         status.update({p: "not run (interrupted)" for p in papers if status[p] == "pending"})
     md, html = _publish(job, papers, runs, status)

@@ -109,7 +109,7 @@ def test_dashboard_and_a_run_that_raised(runs: Path, tmp_path: Path) -> None:
     )
     md = md_path.read_text()
     dash = md[: md.index("## ")]  # the dashboard comes before every paper's section
-    assert "3 claims from 2 runs: 2 pass, 1 fail; 1 papers raised an error" in md
+    assert "3 claims from 2 runs: 2 pass, 1 fail; 1 paper raised an error" in md
     assert "| delta | not implemented yet |  |  |  |  |" in dash
     assert "| alpha | **fail** | 1 | 1 | 1m 05s | &lt;script>alert" in dash  # headline: 1st claim
     assert "| beta | **pass** | 1 | 0 | — | speed-up: 6 x (n=1) (paper 5.49x-8x) |" in dash

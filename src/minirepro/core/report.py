@@ -185,7 +185,7 @@ def _counts(runs: Sequence[Run]) -> str:
         f"{len(verdicts)} claims from {len(runs) - errors} runs: "
         f"{verdicts.count('pass')} pass, {verdicts.count('fail')} fail"
     )
-    return text + (f"; {errors} papers raised an error" if errors else "")
+    return text + (f"; {errors} paper{'s' if errors > 1 else ''} raised an error" if errors else "")
 
 
 def _machine(env: Mapping[str, Any]) -> str:
@@ -302,7 +302,9 @@ td.time { white-space: nowrap; font-variant-numeric: tabular-nums; }
 .fail { color: #fff; background: #c62828; }
 .error { color: #fff; background: #6a1b9a; }
 .other { color: #777; }
-table.dashboard td.status { white-space: nowrap; }
+.badge { font-weight: bold; text-transform: uppercase; font-size: .85em; padding: .1em .5em;
+         border-radius: .3em; }
+table.dashboard td.status, table.dashboard th { white-space: nowrap; }
 table.dashboard .headline { color: #555; }
 .meta, .note { color: #666; font-size: .9em; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
@@ -326,7 +328,7 @@ def _html_dashboard(rows: Sequence[DashboardRow]) -> list[str]:
         run, head = row.run, row.headline
         name = f'<a href="#{e(row.paper)}">{e(row.paper)}</a>' if run else e(row.paper)
         title = f' title="{e(row.title)}"' if row.title else ""
-        css = f"verdict {row.status}" if run else "other"
+        badge = f'<span class="badge {row.status}">' if run else '<span class="other">'
         counts = (run.n_pass, run.n_fail) if run and run.error is None else ("", "")
         if head:
             headline = (
@@ -336,7 +338,7 @@ def _html_dashboard(rows: Sequence[DashboardRow]) -> list[str]:
         else:
             headline = e(run.error or "") if run else ""
         parts.append(
-            f'<tr><td{title}>{name}</td><td class="status {css}">{e(row.status)}</td>'
+            f'<tr><td{title}>{name}</td><td class="status">{badge}{e(row.status)}</span></td>'
             f'<td class="num">{counts[0]}</td><td class="num">{counts[1]}</td>'
             f'<td class="time">{format_duration(run.wall_s) if run else ""}</td>'
             f"<td>{headline}</td></tr>"
