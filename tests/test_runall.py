@@ -6,6 +6,7 @@ is the real paper that must be reused, not re-run, by a resume.
 
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def _low(cfg: Cfg, out: RunDir) -> list[Result]:
     return [_result(cfg.value - 0.5, cfg.seed)]  # verdict fail
 
 
+def _slow(cfg: Cfg, out: RunDir) -> list[Result]:
+    time.sleep(0.3)
+    return [_result(cfg.value, cfg.seed)]
+
+
 def _broken(cfg: Cfg, out: RunDir) -> list[Result]:
     raise RuntimeError("this paper is broken")
 
@@ -68,13 +74,14 @@ def _paper(pid: str, run) -> registry.Paper:
 
 FAKES = [_paper("broken", _broken), _paper("flaky", _ctrl_c_once), _paper("ok", _ok)]
 LOW = _paper("low", _low)
+SLOW = _paper("slow", _slow)
 
 
 @pytest.fixture
 def fakes(monkeypatch):
     """Registers the fake papers; `run all` sees them (and, if `real`, jacobian) only."""
     CALLS.clear()
-    for paper in [*FAKES, LOW]:
+    for paper in [*FAKES, LOW, SLOW]:
         registry.register(paper)
 
     def only(*ids: str) -> None:
@@ -82,7 +89,7 @@ def fakes(monkeypatch):
         monkeypatch.setattr(registry, "all_papers", lambda: rows)
 
     yield only
-    for paper in [*FAKES, LOW]:
+    for paper in [*FAKES, LOW, SLOW]:
         registry.unregister(paper.id)
 
 
@@ -241,3 +248,15 @@ def test_report_command_marks_unimplemented_papers(fakes, tmp_path: Path) -> Non
     md = (tmp_path / "report.md").read_text()
     assert "| ok | **pass** | 1 | 0 |" in md
     assert [r.paper for r in collect_runs(tmp_path)] == ["ok"]
+
+
+def test_a_log_shows_the_running_paper(fakes, tmp_path: Path) -> None:
+    fakes("slow")
+    buf = io.StringIO()
+    code = runall.run_all(Console(file=buf), runs_dir=tmp_path, preset="smoke", heartbeat_s=0.05)
+    assert code == runall.ExitCode.PASS
+    assert "still running: slow 0s · time left unknown" in buf.getvalue()
+    # The second job knows how long `slow` took: its estimate comes from the first job.
+    buf = io.StringIO()
+    runall.run_all(Console(file=buf), runs_dir=tmp_path, preset="smoke", heartbeat_s=0.05)
+    assert "[1/1] slow started (last time 0s) · job 0s · about 0s left" in buf.getvalue()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -207,15 +208,25 @@ class _JobColumn(ProgressColumn):
 
 
 class _Display:
-    """The job's progress: a live bar in a terminal, one line per event in a pipe."""
+    """The job's progress: a live bar in a terminal; in a pipe, one line per event and a
+    `still running` line every `heartbeat_s` seconds, so `tail -f` of a log shows life."""
 
-    def __init__(self, console: Console, papers: Sequence[str], recorded: Mapping[str, float]):
+    def __init__(
+        self,
+        console: Console,
+        papers: Sequence[str],
+        recorded: Mapping[str, float],
+        heartbeat_s: float = 60.0,
+    ):
         self.console, self.papers, self.recorded = console, list(papers), recorded
         self.done = 0
         self.running: str | None = None
         self.started = 0.0
         self.progress: Progress | None = None
         self.job_started = time.monotonic()
+        self.heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def __enter__(self) -> _Display:
         if self.console.is_terminal:
@@ -231,11 +242,22 @@ class _Display:
             self.task = self.progress.add_task(
                 "run all", total=len(self.papers), status=self.status
             )
+        else:
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if self.running is not None:
+                self.print(Text(f"still running: {self.status()}", "dim"))
 
     def _left(self) -> str:
         todo = self.papers[self.done :]
@@ -352,6 +374,7 @@ def run_all(
     only: Sequence[str] = (),
     skip: Sequence[str] = (),
     resume: Path | None = None,
+    heartbeat_s: float = 60.0,
 ) -> ExitCode:
     """Runs the selected papers as one job (or continues one) and writes its report.
 
@@ -363,6 +386,8 @@ def run_all(
         only: Ids to run (comma-separated or repeated); all implemented papers if empty.
         skip: Ids not to run.
         resume: A job folder to continue instead of starting a new one.
+        heartbeat_s: When `console` is not a terminal, the seconds between the
+            `still running` lines.
 
     Returns:
         The exit code (see `ExitCode`).
@@ -405,7 +430,7 @@ def run_all(
     recorded = recorded_times([runs_dir, job], spec.preset)
     runs: dict[str, Run] = {}
     interrupted = False
-    with _Display(console, papers, recorded) as display:
+    with _Display(console, papers, recorded, heartbeat_s) as display:
         try:
             for pid in papers:
                 reuse = resume is not None
