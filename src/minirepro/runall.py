@@ -40,6 +40,7 @@ from rich.progress import (
 from rich.text import Text
 
 from minirepro import registry
+from minirepro.core.env import GitInfo
 from minirepro.core.report import Run, dashboard, format_duration, load_run, write_report
 from minirepro.core.results import Result, RunDir, git_info, jsonable
 from minirepro.terminal import print_dashboard, print_results
@@ -325,7 +326,7 @@ def _attempt(
     row: registry.Listing,
     spec: JobSpec,
     job: Path,
-    git_sha: str | None,
+    git: GitInfo,
     reuse: bool,
     display: _Display,
     status: dict[str, str],
@@ -342,7 +343,7 @@ def _attempt(
     except (registry.RegistryError, registry.PaperImportError) as exc:
         problem = exc
     if cfg is not None and reuse:
-        run, why = reusable_run(job, pid, cfg, git_sha)
+        run, why = reusable_run(job, pid, cfg, git.sha)
         if run is not None:
             display.finish(pid, run, reused=True)
             return run
@@ -351,7 +352,7 @@ def _attempt(
     display.start(pid)
     status[pid] = "running"
     _publish(job, spec.papers, runs, status)
-    out = RunDir(pid, cfg if cfg is not None else {}, root=job, preset=spec.preset)
+    out = RunDir(pid, cfg if cfg is not None else {}, root=job, preset=spec.preset, git=git)
     out.progress = display.progress
     if problem is not None:
         out.write_error(problem)
@@ -396,6 +397,7 @@ def run_all(
         RegistryError: A bad selection, or a `resume` folder that is not a job's or whose
             preset or seed differs from the one given.
     """
+    git = git_info()  # the code imported now; a commit made during the job is not it
     if resume is not None:
         spec, _ = read_job(resume)
         for name, given, kept in [("preset", preset, spec.preset), ("seed", seed, spec.seed)]:
@@ -415,7 +417,7 @@ def run_all(
             console.print("No paper is implemented yet: nothing to run.")
             return ExitCode.PASS
         spec = JobSpec(preset or "quick", seed, papers)
-        job = RunDir("all", asdict(spec), root=runs_dir, preset=spec.preset).path
+        job = RunDir("all", asdict(spec), root=runs_dir, preset=spec.preset, git=git).path
     console.print(
         f"job folder: {job} (its report.html is updated as papers finish)", soft_wrap=True
     )
@@ -426,7 +428,6 @@ def run_all(
         for pid in registry.known_ids()
     }
     status.update({pid: "pending" for pid in papers})
-    git_sha = git_info().sha
     recorded = recorded_times([runs_dir, job], spec.preset)
     runs: dict[str, Run] = {}
     interrupted = False
@@ -434,7 +435,7 @@ def run_all(
         try:
             for pid in papers:
                 reuse = resume is not None
-                runs[pid] = _attempt(rows[pid], spec, job, git_sha, reuse, display, status, runs)
+                runs[pid] = _attempt(rows[pid], spec, job, git, reuse, display, status, runs)
                 _publish(job, papers, runs, status)
         except KeyboardInterrupt:  # a paper's partial folder stays, without result.json
             interrupted = True

@@ -209,6 +209,15 @@ def test_run_dir_records_an_error_with_its_traceback(tmp_path) -> None:
     assert not out.result_path.exists()
 
 
+def test_run_dir_records_the_commit_it_is_given(tmp_path) -> None:
+    from minirepro.core.env import GitInfo
+
+    out = RunDir("toy", {}, root=tmp_path, git=GitInfo("0123456789abcdef", False))
+    assert out.path.name.endswith("-0123456")
+    env = json.loads(out.env_path.read_text())
+    assert (env["git_sha"], env["git_dirty"]) == ("0123456789abcdef", False)
+
+
 def test_run_dirs_in_the_same_second_differ(tmp_path) -> None:
     paths = {RunDir("toy", {"a": 1}, root=tmp_path).path for _ in range(3)}
     assert len(paths) == 3

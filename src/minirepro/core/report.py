@@ -308,7 +308,7 @@ table.dashboard td.status, table.dashboard th { white-space: nowrap; }
 table.dashboard .headline { color: #555; }
 .meta, .note { color: #666; font-size: .9em; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
-figure { display: inline-block; margin: .5em; }
+figure { display: inline-block; margin: .5em; vertical-align: top; }
 figure img { max-width: 500px; border: 1px solid #eee; }
 figcaption { text-align: center; color: #666; font-size: .85em; }
 """

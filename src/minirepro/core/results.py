@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from minirepro.core.env import environment, git_info, utc_stamp
+from minirepro.core.env import GitInfo, environment, git_info, utc_stamp
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -390,6 +390,7 @@ class RunDir:
         *,
         root: str | os.PathLike[str] = "runs",
         preset: str | None = None,
+        git: GitInfo | None = None,
     ) -> None:
         """Creates the folder and writes config.json and env.json.
 
@@ -398,8 +399,11 @@ class RunDir:
             config: The run's config, a dataclass instance or a mapping.
             root: The runs root, `./runs` by default.
             preset: The preset name recorded in result.json.
+            git: The commit to record; looked up now by default. A long job passes the
+                one it started at, so a commit made while it runs is not credited with
+                code that was imported before it.
         """
-        git = git_info()
+        git = git or git_info()
         name = f"{utc_stamp()}-{git.short or 'nogit'}"
         self.paper_id = paper_id
         self.preset = preset
