@@ -19,7 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from minirepro.core.tokenizer import WordTokenizer
-from minirepro.tasks.igsm import BACK, Problem, RetryKind, encode_segments, retry_segments
+from minirepro.tasks.igsm import (
+    BACK,
+    WORLDS,
+    Problem,
+    RetryKind,
+    encode_segments,
+    retry_segments,
+)
+from minirepro.tasks.igsm.generate import SYMBOLS
 
 __all__ = ["SEP", "Variant", "build_tokenizer", "document", "pack_rows", "prompt_ids"]
 
@@ -44,13 +52,20 @@ class Variant:
     mask_errors: bool = False
 
 
-def build_tokenizer(problems: Iterable[Problem]) -> WordTokenizer:
-    """A word tokenizer (punctuation split off) over the problems' texts and solutions,
-    with ``<sep>`` and ``[BACK]`` as specials and every number below the modulus."""
-    texts: list[str] = []
-    for p in problems:
-        texts += [p.text, p.solution, " ".join(p.name(x) for x in p.mentioned)]
-        texts.append(" ".join(str(v) for v in range(p.mod)))
+# Every word the templates of `minirepro.tasks.igsm` write.
+TEMPLATE_WORDS = (
+    "The number of each 's equals more than times the sum difference and , . "
+    "How many does have ? Define as ; so = + - * ( )"
+)
+
+
+def build_tokenizer(problems: Iterable[Problem] = (), mod: int = 23) -> WordTokenizer:
+    """A word tokenizer (punctuation split off) with ``<sep>`` and ``[BACK]`` as specials,
+    covering every template word, every world's names, every symbol and the numbers below
+    ``mod`` (so any generated problem encodes), plus the words of ``problems``."""
+    names = [n for w in WORLDS for n in (*w.categories, *(i for pool in w.items for i in pool))]
+    texts = [TEMPLATE_WORDS, " ".join(names), " ".join(SYMBOLS), " ".join(map(str, range(mod)))]
+    texts += [t for p in problems for t in (p.text, p.solution)]
     return WordTokenizer.from_texts(texts, specials=[SEP, BACK], split_punct=True, strict=True)
 
 

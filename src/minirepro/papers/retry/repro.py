@@ -55,8 +55,8 @@ class Config:
         d_model, n_layer_model, n_head: The decoder (the paper: GPT-2-style, 12 layers).
         seq_len: Row length; every variant trains on steps * batch_size * seq_len tokens.
         steps, batch_size, lr, warmup_steps: Training.
-        max_new_tokens: Generation budget per solution (None: 1.6 x the longest test
-            problem and solution).
+        max_new_tokens: Generation budget per solution (None: 1.5 x the longest correct
+            test solution).
         threads: torch intra-op threads (None leaves the setting).
     """
 
@@ -115,8 +115,13 @@ PRESETS = {
         n_head=2, seq_len=256, train_ops=(1, 2), test_bins=((1, 2), (3, 3)),
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
-    # <= 5 minutes on 2 cores: 6 variants x 2 seeds of a 4-layer d=96 model
-    "quick": Config(steps=150, d_model=96, n_layer_model=3, n_head=4, batch_size=12, n_test=60),
+    # <= 5 minutes on 2 cores: 6 variants x 2 seeds of a 3-layer d=96 decoder, 120 steps of
+    # 8 x 320 tokens each, on two-layer, two-item structures (op 1-3; test one bin beyond)
+    "quick": Config(
+        steps=120, batch_size=8, seq_len=320, d_model=96, n_layer_model=3, n_head=4,
+        n_layer=(2, 2), width=(2, 2), max_edge=4, train_ops=(1, 3),
+        test_bins=((1, 2), (3, 3), (4, 5)), n_test=50,
+    ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
     "full": Config(
         seeds=(0, 1, 2), train_ops=(1, 8), test_bins=((1, 4), (5, 8), (9, 10)), max_edge=10,
@@ -133,10 +138,18 @@ def _gen_cfg(cfg: Config, ops: tuple[int, int]) -> GenConfig:
     )  # fmt: skip
 
 
-def _train_stream(cfg: Config):
-    gen = _gen_cfg(cfg, cfg.train_ops)
-    for i in itertools.count():
-        yield generate(gen, cfg.data_seed, i)
+class _Pool:
+    """Training problems ``generate(gen, data_seed, i)``, drawn once on first use and shared
+    by all variants (each reads from index 0, so they see the same problems in order)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.gen, self.seed, self.items = _gen_cfg(cfg, cfg.train_ops), cfg.data_seed, []
+
+    def __iter__(self):
+        for i in itertools.count():
+            if i == len(self.items):
+                self.items.append(generate(self.gen, self.seed, i))
+            yield self.items[i]
 
 
 def _test_sets(cfg: Config) -> list[list[Problem]]:
@@ -161,15 +174,16 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     t0 = time.perf_counter()
     tests = _test_sets(cfg)
     n_rows = cfg.steps * cfg.batch_size
-    # enough problems for the variant that uses the most (error-free: shortest documents)
-    pool = list(itertools.islice(_train_stream(cfg), n_rows * (cfg.seq_len // 60 + 1)))
-    tok = build_tokenizer(pool + [p for t in tests for p in t])
-    longest = max(len(tok.encode(p.text)) + len(tok.encode(p.solution)) for t in tests for p in t)
+    pool = _Pool(cfg)
+    tok = build_tokenizer([p for t in tests for p in t], mod=cfg.mod)
+    flat = [p for t in tests for p in t]
+    longest_prompt = max(len(tok.encode(p.text)) + 2 for p in flat)
+    longest_solution = max(len(tok.encode(p.solution)) + 1 for p in flat)
     vs = variants(cfg)
-    max_new = cfg.max_new_tokens or int(longest * 1.6)
-    out.log(
-        stage="data", vocab_size=tok.vocab_size, n_pool=len(pool), seconds=time.perf_counter() - t0
-    )
+    # room for a few [BACK] attempts beyond the longest correct solution
+    max_new = cfg.max_new_tokens or int(longest_solution * 1.5)
+    longest = longest_prompt + max_new
+    out.log(stage="data", vocab_size=tok.vocab_size, seconds=time.perf_counter() - t0)
     packed = {}
     for v in vs:
         rng = random.Random(f"{cfg.data_seed}:{v.name}")
@@ -182,8 +196,10 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     back: dict[str, list[float]] = {v.name: [] for v in vs}
     runs = [(s, v) for s in cfg.seeds for v in vs]
     for seed, v in out.track(runs, "train + eval"):
-        model = _train(cfg, tok.vocab_size, packed[v.name], seed, longest)
-        flat = [p for t in tests for p in t]
+        t1 = time.perf_counter()
+        model, loss = _train(cfg, tok.vocab_size, packed[v.name], seed, longest)
+        out.log(stage="train", seed=seed, variant=v.name, final_loss=loss,
+                seconds=time.perf_counter() - t1)  # fmt: skip
         sols = solve(model, tok, flat, max_new_tokens=max_new)
         bins, n_back = [], 0
         for k, ((lo, hi), problems) in enumerate(zip(cfg.test_bins, tests)):
@@ -200,12 +216,14 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     return _results(cfg, acc, back)
 
 
-def _train(cfg: Config, vocab_size: int, data, seed: int, longest: int) -> Transformer:
+def _train(
+    cfg: Config, vocab_size: int, data, seed: int, longest: int
+) -> tuple[Transformer, float]:
     x, y = data
     seed_everything(seed)
     mcfg = ModelConfig(
         vocab_size=vocab_size, n_layer=cfg.n_layer_model, n_head=cfg.n_head,
-        d_model=cfg.d_model, max_seq_len=max(cfg.seq_len, 2 * longest + 8),
+        d_model=cfg.d_model, max_seq_len=max(cfg.seq_len, longest),
     )  # fmt: skip
     model = Transformer(mcfg)
     tcfg = TrainConfig(
@@ -214,8 +232,8 @@ def _train(cfg: Config, vocab_size: int, data, seed: int, longest: int) -> Trans
     )  # fmt: skip
     b = cfg.batch_size
     # data order is fixed (row i at step i // B): same for every variant and seed
-    train(model, tcfg, lambda i, g: (x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]))
-    return model
+    state = train(model, tcfg, lambda i, g: (x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]))
+    return model, state.history[-1]["loss"]
 
 
 def _results(
