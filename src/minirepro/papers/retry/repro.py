@@ -186,7 +186,8 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     out.log(stage="data", vocab_size=tok.vocab_size, seconds=time.perf_counter() - t0)
     packed = {}
     for v in vs:
-        rng = random.Random(f"{cfg.data_seed}:{v.name}")
+        # seeded by rate and kind, not name: the masked variant sees its twin's documents
+        rng = random.Random(f"{cfg.data_seed}:{v.kind}:{v.retry_rate}")
         docs = (document(tok, p, v, rng) for p in pool)
         x, y, n_docs = pack_rows(docs, n_rows, cfg.seq_len, tok.pad_id)
         packed[v.name] = (x, y)
