@@ -8,10 +8,12 @@ import pytest
 from minirepro.core.tokenizer import CharTokenizer, WordTokenizer
 from minirepro.tasks.igsm import (
     BACK,
+    CORRUPTIONS,
     RETRY_KINDS,
     GenConfig,
     GenerationError,
     check_solution,
+    corrupt_solution,
     encode_segments,
     generate,
     generate_many,
@@ -189,6 +191,22 @@ def test_expressions_round_trip():
     assert render(e) == "3 * (5 + 7 + 13)"
     assert render(reduce_once(e, 23)) == "3 * (12 + 13)"
     assert evaluate(e, 23) == 3 * 25 % 23
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corrupted_solutions_fail_at_the_reported_step(kind):
+    n = 0
+    for i, p in enumerate(_problems(100)):
+        made = corrupt_solution(p, kind, i)
+        if made is None:
+            continue
+        text, k = made
+        r = check_solution(p, text)
+        assert not r.correct and r.failed_step == k, (kind, r.reason, text)
+        n += 1
+    assert n >= 30
+    with pytest.raises(ValueError, match="corruption"):
+        corrupt_solution(p, "typo", 0)
 
 
 # ----- retry data -----------------------------------------------------------------------------

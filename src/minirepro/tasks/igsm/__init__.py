@@ -24,6 +24,9 @@ every step — name, dependencies, order, copied values, each line of arithmetic
 value — reporting the first failing step and why. `retry_segments` makes the Part 2.2 retry
 data ("Define <param> as [BACK]." before a correct step) in the three flavours retry,
 retry_weak and retry_miss, with the wrong tokens marked for optional label masking.
+`corrupt_solution` makes a solution with one known mistake (a wrong value, a copied operand,
+a spurious dependency, a step out of order, a missing step, an unknown name) and says at
+which step it first goes wrong.
 
 Example:
     >>> from minirepro.tasks.igsm import GenConfig, generate, check_solution
@@ -41,6 +44,7 @@ from minirepro.tasks.igsm.checker import (
     check_solution,
     split_steps,
 )
+from minirepro.tasks.igsm.corrupt import CORRUPTIONS, corrupt_solution
 from minirepro.tasks.igsm.expr import Node, ParseError
 from minirepro.tasks.igsm.generate import (
     GenConfig,
@@ -64,6 +68,7 @@ from minirepro.tasks.igsm.retry import (
 
 __all__ = [
     "BACK",
+    "CORRUPTIONS",
     "RETRY_KINDS",
     "WORLDS",
     "CheckResult",
@@ -81,6 +86,7 @@ __all__ = [
     "StructureGraph",
     "World",
     "check_solution",
+    "corrupt_solution",
     "encode_segments",
     "generate",
     "generate_many",
