@@ -93,62 +93,6 @@ def test_bad_config_and_impossible_requests():
 
 
 # ----- the checker ----------------------------------------------------------------------------
-def test_wrong_value_fails_at_that_step():
-    n = 0
-    for p in _problems(150):
-        steps = _steps(p)
-        for k, s in enumerate(p.steps):
-            wrong = (s.value + 1) % p.mod
-            text = re.sub(r"= \d+\.$", f"= {wrong}.", steps[k])
-            bad = " ".join(steps[:k] + [text] + steps[k + 1 :])
-            r = check_solution(p, bad)
-            assert not r.correct and r.failed_step == k, (r.reason, text)
-            assert any(w in r.reason for w in ("wrong value", "arithmetic", "operand values"))
-            n += 1
-    assert n > 300
-
-
-def test_wrong_copied_operand_fails():
-    n = 0
-    for p in _problems(80):
-        for k, s in enumerate(p.steps):
-            parts = s.text.split(" = ")  # "Define .. so q", E0, E1, ...
-            if len(parts) < 4:
-                continue
-            parts[2] = re.sub(
-                r"\d+", lambda m, mod=p.mod: str((int(m.group()) + 1) % mod), parts[2], count=1
-            )
-            steps = _steps(p)
-            r = check_solution(p, " ".join(steps[:k] + [" = ".join(parts)] + steps[k + 1 :]))
-            assert not r.correct and r.failed_step == k and "operand values" in r.reason
-            n += 1
-    assert n > 50
-
-
-def test_out_of_order_and_missing_steps_fail_where_the_symbol_is_used():
-    checked = 0
-    for p in _problems(150):
-        steps = _steps(p)
-        for k in range(len(p.steps)):
-            users = [
-                j
-                for j in range(k + 1, len(p.steps))
-                if p.steps[k].param in p.deps(p.steps[j].param)
-            ]
-            if not users:
-                continue
-            j = users[0]
-            # move the user before step k: it fails where it now stands
-            order = steps[:k] + [steps[j]] + steps[k:j] + steps[j + 1 :]
-            r = check_solution(p, " ".join(order))
-            assert not r.correct and r.failed_step == k and "no earlier step" in r.reason
-            # drop step k: the first user fails
-            r = check_solution(p, " ".join(steps[:k] + steps[k + 1 :]))
-            assert not r.correct and r.failed_step == j - 1 and "no earlier step" in r.reason
-            checked += 1
-    assert checked > 100
-
-
 def test_undefined_name_and_missing_answer():
     p = next(q for q in _problems(50) if len(q.steps) >= 3)
     steps = _steps(p)
@@ -164,23 +108,6 @@ def test_undefined_name_and_missing_answer():
     assert not r.correct and r.failed_step == 0
 
 
-def test_wrong_dependencies_fail():
-    n = 0
-    for p in _problems(60):
-        for k, s in enumerate(p.steps):
-            if isinstance(s.expr, Node) and s.expr.op == "+" and k > 0:
-                other = p.steps[0].symbol
-                if other in re.findall(r"\b\w+\b", render(s.expr)):
-                    continue
-                e0 = render(s.expr)
-                text = s.text.replace(f"= {e0} =", f"= {e0} + {other} =", 1)
-                steps = _steps(p)
-                r = check_solution(p, " ".join(steps[:k] + [text] + steps[k + 1 :]))
-                assert not r.correct and r.failed_step == k and "dependencies" in r.reason
-                n += 1
-    assert n > 20
-
-
 def test_expressions_round_trip():
     for p in _problems(60):
         for s in p.steps:
@@ -193,6 +120,16 @@ def test_expressions_round_trip():
     assert evaluate(e, 23) == 3 * 25 % 23
 
 
+REASONS = {
+    "value": ("wrong value", "arithmetic", "operand values"),
+    "operand": ("operand values",),
+    "dependency": ("wrong dependencies",),
+    "order": ("no earlier step",),
+    "missing": ("no earlier step",),
+    "name": ("unknown parameter",),
+}
+
+
 @pytest.mark.parametrize("kind", CORRUPTIONS)
 def test_corrupted_solutions_fail_at_the_reported_step(kind):
     n = 0
@@ -203,6 +140,7 @@ def test_corrupted_solutions_fail_at_the_reported_step(kind):
         text, k = made
         r = check_solution(p, text)
         assert not r.correct and r.failed_step == k, (kind, r.reason, text)
+        assert any(w in r.reason for w in REASONS[kind]), r.reason
         n += 1
     assert n >= 30
     with pytest.raises(ValueError, match="corruption"):
