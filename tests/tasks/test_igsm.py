@@ -81,6 +81,27 @@ def test_every_generated_solution_passes():
         assert check_solution(p, spaced).correct
 
 
+def test_abstract_values_match_a_sum_over_paths():
+    """Oracle: an abstract parameter counts, over every path from the item down to its
+    target layer, the product of the edge counts along it."""
+
+    def paths(p, layer, item, target):
+        if layer == target:
+            yield 1
+            return
+        for j in p.structure.children(layer, item):
+            edge = p.values[("instance", layer, item, j)]
+            for rest in paths(p, layer + 1, j, target):
+                yield edge * rest
+
+    n = 0
+    for p in _problems(80):
+        for a in p.structure.abstract_params:
+            assert p.values[a] == sum(paths(p, a.layer, a.item, a.target)) % p.mod
+            n += 1
+    assert n > 100
+
+
 def test_bad_config_and_impossible_requests():
     with pytest.raises(ValueError, match="op"):
         GenConfig(op=-1)
