@@ -58,6 +58,14 @@ def test_same_seed_same_problems_and_fixed_across_platforms():
 GOLDEN_CRC = 618840859
 
 
+def test_sequential_symbols():
+    for p in _problems(20, symbol_method="seq"):
+        assert [s.symbol for s in p.steps] == list("abcdefghijklmnopqrstuvwxyz"[: len(p.steps)])
+        assert check_solution(p, p.solution).correct
+    with pytest.raises(ValueError, match="symbol_method"):
+        GenConfig(symbol_method="greek")
+
+
 def test_structure_controls():
     for perm in range(7):
         for p in _problems(20, perm_level=perm, max_edge=6):

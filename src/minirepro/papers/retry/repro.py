@@ -14,6 +14,7 @@ import itertools
 import random
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -50,6 +51,7 @@ class Config:
         n_layer: (min, max) layers of the structure graph.
         width: (min, max) items per layer.
         mod: Modulus ("all arithmetic mod 23").
+        symbol_method: "rand" (the paper) or "seq" (a, b, c in step order; easier).
         retry_rates: Rates of the retry variants ("retry_rate 0.1, 0.2, 0.3, 0.5").
         ablation_rate: Rate of the masked and retry_weak variants.
         d_model, n_layer_model, n_head: The decoder (the paper: GPT-2-style, 12 layers).
@@ -69,6 +71,7 @@ class Config:
     n_layer: tuple[int, int] = (2, 3)
     width: tuple[int, int] = (2, 3)
     mod: int = 23
+    symbol_method: Literal["rand", "seq"] = "rand"
     retry_rates: tuple[float, ...] = (0.1, 0.3, 0.5)
     ablation_rate: float = 0.5
     d_model: int = 128
@@ -120,7 +123,7 @@ PRESETS = {
     "quick": Config(
         steps=120, batch_size=8, seq_len=320, d_model=96, n_layer_model=3, n_head=4,
         n_layer=(2, 2), width=(2, 2), max_edge=4, train_ops=(1, 3),
-        test_bins=((1, 2), (3, 3), (4, 5)), n_test=50,
+        test_bins=((1, 2), (3, 3), (4, 5)), n_test=50, lr=3e-3, symbol_method="seq",
     ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
     "full": Config(
@@ -134,7 +137,7 @@ PRESETS = {
 def _gen_cfg(cfg: Config, ops: tuple[int, int]) -> GenConfig:
     return GenConfig(
         min_op=ops[0], max_op=ops[1], max_edge=cfg.max_edge, n_layer=cfg.n_layer,
-        width=cfg.width, mod=cfg.mod,
+        width=cfg.width, mod=cfg.mod, symbol_method=cfg.symbol_method,
     )  # fmt: skip
 
 

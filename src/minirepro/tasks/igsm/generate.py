@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
+from typing import Literal
 
 from minirepro.tasks.igsm.expr import leaves, n_ops
 from minirepro.tasks.igsm.graph import Definition, Param, StructureGraph
@@ -58,6 +59,9 @@ class GenConfig:
             dependency graph a DAG rather than a tree.
         p_const: Chance that an instance parameter is a plain number while the budget
             could still be spent on another pending parameter.
+        symbol_method: "rand": each step's symbol is a random unused letter (the paper);
+            "seq": a, b, c, ... in solution order (the reference's "seq" option; easier
+            for small models).
         max_tries: Drafts per problem before `GenerationError`.
     """
 
@@ -72,6 +76,7 @@ class GenConfig:
     max_args: int = 3
     p_reuse: float = 0.3
     p_const: float = 0.3
+    symbol_method: Literal["rand", "seq"] = "rand"
     max_tries: int = 5000
 
     def __post_init__(self) -> None:
@@ -98,6 +103,8 @@ class GenConfig:
         for name in ("p_reuse", "p_const"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.symbol_method not in ("rand", "seq"):
+            raise ValueError(f"symbol_method must be 'rand' or 'seq', got {self.symbol_method!r}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {self.max_tries}")
 
@@ -220,13 +227,14 @@ def _attempt(cfg: GenConfig, op: int, rng: random.Random) -> Problem | None:
         return None
     _add_distractors(cfg, rng, s, defs, needed)
     order = _statement_order(cfg, rng, s, defs)
-    symbols = (
-        dict(zip(needed, rng.sample(SYMBOLS, len(needed)))) if len(needed) <= len(SYMBOLS) else None
-    )
-    if symbols is None:
+    if len(needed) > len(SYMBOLS):
         return None
+    symbols = dict(zip(needed, rng.sample(SYMBOLS, len(needed))))
     draft = Problem(s, defs, question, order, (), symbols, cfg.mod)
-    return Problem(s, defs, question, order, solution_order(draft, needed), symbols, cfg.mod)
+    steps = solution_order(draft, needed)
+    if cfg.symbol_method == "seq":  # a, b, c, ... in solution order
+        symbols = dict(zip(steps, SYMBOLS))
+    return Problem(s, defs, question, order, steps, symbols, cfg.mod)
 
 
 def _pick_args(cfg, rng, p, n_args, candidates, in_graph, depends_on) -> list[Param] | None:
