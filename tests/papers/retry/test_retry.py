@@ -115,3 +115,19 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
     assert len(evals) == len(cfg.seeds) * len(variants(cfg)) * len(cfg.test_bins)
     packs = {r["variant"]: r for r in logs if r.get("stage") == "pack"}
     assert len({r["tokens"] for r in packs.values()}) == 1  # same training tokens for all
+
+
+def test_cli_rejects_bad_options_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from minirepro import cli
+
+    runner = CliRunner()
+    for override, message in [
+        ("retry_rates=0", "retry rates"),
+        ("symbol_method=greek", "symbol_method"),
+    ]:
+        args = ["run", "retry", "--preset", "smoke", "--runs-dir", str(tmp_path), "-o", override]
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
