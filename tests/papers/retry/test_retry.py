@@ -82,13 +82,15 @@ def test_packing_matches_tokens_and_left_pads(problems, tok):
 def test_score_checks_every_step(problems):
     ps = problems[:20]
     sc, _ = score(ps, [p.solution for p in ps])
-    assert sc.accuracy == 1.0 and sc.back_rate == 0.0
+    assert sc.accuracy == 1.0 and sc.back_rate == 0.0 and sc.progress == 1.0
     sols = [retry_solution(p, 1.0, i) for i, p in enumerate(ps)]
     sc, _ = score(ps, sols)
     assert sc.accuracy == 1.0 and sc.back_rate > 0.5
     broken = [p.solution.rsplit("=", 1)[0] + "= 99." for p in ps]
     sc, checks = score(ps, broken)
     assert sc.accuracy == 0.0 and all(c.failed_step == len(p.steps) - 1 for c, p in zip(checks, ps))
+    expect = sum((len(p.steps) - 1) / len(p.steps) for p in ps) / len(ps)
+    assert sc.progress == pytest.approx(expect)
     with pytest.raises(ValueError, match="solutions"):
         score(ps, broken[:3])
 

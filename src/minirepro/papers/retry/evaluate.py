@@ -23,11 +23,14 @@ class Scores:
     Attributes:
         accuracy: Share of solutions whose every step is correct and that answer the question.
         back_rate: Share of solutions that contain at least one [BACK].
+        progress: Mean share of the needed steps written correctly before the first
+            mistake (partial credit; 1.0 for a correct solution).
         n: Number of problems.
     """
 
     accuracy: float
     back_rate: float
+    progress: float
     n: int
 
 
@@ -62,4 +65,9 @@ def score(
     n = max(1, len(checks))
     acc = sum(c.correct for c in checks) / n
     back = sum(BACK in s for s in solutions) / n
-    return Scores(acc, back, len(checks)), checks
+    progress = 0.0
+    for p, c in zip(problems, checks):
+        needed = set(p.needed)
+        done = {st.param for st in c.steps if st.ok and not st.back and st.param in needed}
+        progress += len(done) / len(needed)
+    return Scores(acc, back, progress / n, len(checks)), checks

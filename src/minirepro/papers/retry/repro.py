@@ -212,7 +212,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
             bins.append(sc.accuracy)
             n_back += round(sc.back_rate * sc.n)
             out.log(stage="eval", seed=seed, variant=v.name, op_bin=f"{lo}-{hi}",
-                    accuracy=sc.accuracy, back_rate=sc.back_rate, example=part[0][:300])  # fmt: skip
+                    accuracy=sc.accuracy, back_rate=sc.back_rate, progress=sc.progress, example=part[0][:300])  # fmt: skip
         n_all = len(flat)
         acc[v.name].append(bins)
         back[v.name].append(n_back / max(1, n_all))
