@@ -133,3 +133,22 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
         result = runner.invoke(cli.app, args)
         assert result.exit_code != 0 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_verdicts_follow_the_measured_accuracies():
+    from minirepro.papers.retry.repro import _results
+
+    cfg = PRESETS["quick"]
+    names = [v.name for v in variants(cfg)]
+
+    def table(hard):  # accuracies per variant, seed, bin; `hard` sets the last bin
+        return {n: [[0.9, 0.8, hard[n]] for _ in cfg.seeds] for n in names}
+
+    good = dict.fromkeys(names, 0.5) | {"error-free": 0.3, "retry 0.5 masked": 0.45}
+    rs = _results(cfg, table(good), dict.fromkeys(names, [0.01, 0.02]))
+    assert [r.verdict for r in rs] == ["pass", "pass", "pass", "pass"]
+    assert rs[0].mean == pytest.approx(0.2)
+    zero = dict.fromkeys(names, 0.0)
+    rs = _results(cfg, table(zero), dict.fromkeys(names, [0.0, 0.0]))
+    assert rs[0].verdict == "fail"  # no gain
+    assert rs[1].verdict == rs[2].verdict == "fail"  # nothing to compare: NaN
