@@ -19,9 +19,10 @@ Implemented here:
   data and on retry data at each rate, masked and retry_weak, per seed; accuracy per op bin
   and the share of solutions that use [BACK].
 
-Deviations: a tiny decoder and small problems (op <= 4 in training, 2-3 layers, <= 6
-edges) instead of GPT-2 on iGSM-med; the loss skips the problem text; quick preset results
-are at a scale where the claim may not show. See NOTES.md.
+Deviations: a tiny decoder and small problems (quick: op 1-3 in training, two-layer
+two-item structures, sequential symbols) instead of a 12-layer GPT-2 on iGSM-med; the loss
+skips the problem text. At the quick preset's budget the models solve nothing yet, so the
+headline claim fails here for lack of scale, not as evidence against it. See NOTES.md.
 
 Run: `minirepro run retry --preset quick` (smoke: seconds; full: closer to the paper).
 """
