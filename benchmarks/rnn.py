@@ -32,6 +32,7 @@ import torch
 from minirepro.core.bench import BenchReport, first_call_time, ratio, time_contenders
 from minirepro.papers.rnn import FUNCTIONS, flashrnn, load_extension
 from minirepro.papers.rnn.constrint import solve
+from minirepro.papers.rnn.cpu import OPENMP
 from minirepro.papers.rnn.functions import cell_spec
 from minirepro.papers.rnn.tiling import gpu_constraints
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report.emit(args.out / "rnn.json")
 
     build_s = first_call_time(load_extension)
-    report.add_case(case="cpu kernel build/load", seconds=build_s)
+    report.add_case(case="cpu kernel build/load", seconds=build_s, openmp=OPENMP)
 
     # 1. each function vs the vanilla loop at each length: warmed up, alternated rounds
     lengths = [int(t) for t in args.lengths.split(",")]

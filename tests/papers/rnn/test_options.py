@@ -128,8 +128,9 @@ def test_buffer_pool_limit_and_release(cpu_ext):
         set_buffer_pool_limit(limit)
 
 
-def test_openmp_threads_agree_with_one_thread(cpu_ext):
-    """Built with -fopenmp, the work items run on torch's threads; the answer is the same."""
+def test_threads_agree_with_one_thread(cpu_ext):
+    """The answer does not depend on the thread count (with -fopenmp the work items run on
+    torch's threads; `cpu.OPENMP` says whether the default build has it)."""
     from minirepro.papers.rnn.cpu import OPENMP
 
     assert cpu_ext.built_with_openmp() == OPENMP

@@ -37,8 +37,10 @@ CpuKernelUnavailable = extension.KernelUnavailable  # the name this paper's API 
 
 # Whether the kernel is built with -fopenmp, so that at::parallel_for spreads the (batch
 # tile, head group) work items over torch's intra-op threads; without it they all run on the
-# calling thread. Measured in NOTES.md ("OpenMP").
-OPENMP = True
+# calling thread. Off: on the shared 2-core machine the second thread found no free core
+# (lstm fwd+bwd 1.00x, elman 0.82x of the serial build at load 1.3; NOTES.md, "OpenMP").
+# `load_extension(openmp=True)` builds the threaded variant for machines with free cores.
+OPENMP = False
 
 # Dtypes the kernel computes in; bf16/fp16 inputs are computed in fp32 (see cpu_flashrnn).
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -60,8 +62,8 @@ def load_extension(verbose: bool = False, openmp: bool = OPENMP) -> ModuleType:
 
     Args:
         verbose: Show the compiler's output.
-        openmp: Build with -fopenmp (the default, `OPENMP`); False builds the single-threaded
-            variant (a separate module and cache folder, kept for the benchmark).
+        openmp: Build with -fopenmp (threads for the work items; a separate module and cache
+            folder); the default is `OPENMP`.
 
     Raises:
         CpuKernelUnavailable: No C++ compiler, or the build failed.
