@@ -6,8 +6,8 @@ the hardware has no bf16 instructions), so the numerics are tested everywhere.
 """
 
 import json
-from dataclasses import replace
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
