@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="comma-separated widths: time 2-layer decoders of these d_model instead",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", default=None, help="also write the JSON document here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             )  # fmt: skip
     if args.what in ("all", "generate"):
         bench_generate(report, new_tokens=args.new_tokens, repeats=args.repeats)
-    return report.emit()
+    return report.emit(args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ __all__ = [
     "MixedPrecision",
     "check_precision",
     "cpu_features",
+    "fp32_kernel",
     "linear_width",
     "mixed_precision",
     "parse_cpuinfo_flags",
@@ -285,7 +286,7 @@ class MixedPrecision(nn.Module):
 def _to_fp32(out: Any) -> Any:
     """Floating tensors in a nested tuple/list/dict cast to fp32; everything else as is."""
     if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
+        return _fp32_tensor(out)
     if isinstance(out, dict):
         return type(out)({k: _to_fp32(v) for k, v in out.items()})
     if isinstance(out, tuple) and hasattr(out, "_fields"):  # namedtuple
@@ -293,6 +294,33 @@ def _to_fp32(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         return type(out)(_to_fp32(v) for v in out)
     return out
+
+
+def fp32_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates a kernel that has fp32 code only, so that it works under bf16 autocast.
+
+    Under autocast (on the device of its first tensor argument) the floating tensors among
+    its arguments are cast to fp32 and it runs with autocast off -- what torch does for its
+    own fp32-only ops. Its outputs stay fp32; the next autocast op casts them as it needs.
+    Without autocast it is called as is.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        device_type = first.device.type if first is not None else None
+        if device_type is None or not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return fn(
+                *(_fp32_tensor(a) for a in args), **{k: _fp32_tensor(v) for k, v in kwargs.items()}
+            )
+
+    return wrapper
+
+
+def _fp32_tensor(x: Any) -> Any:
+    return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
 def mixed_precision(model: nn.Module, precision: str, device: str | torch.device) -> nn.Module:
