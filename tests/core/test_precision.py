@@ -22,6 +22,7 @@ from minirepro.core.precision import (
     CpuFeatures,
     MixedPrecision,
     check_precision,
+    fp32_kernel,
     linear_width,
     parse_cpuinfo_flags,
     resolve_precision,
@@ -222,3 +223,54 @@ def test_bf16_checkpoints_are_fp32_and_resume_exactly(tmp_path, monkeypatch):
         assert_close(b, a, rtol=0, atol=0, msg=name)
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert [r["loss"] for r in records] == [r["loss"] for r in straight.history]
+
+
+def test_fp32_kernel_casts_only_under_autocast():
+    seen = []
+
+    @fp32_kernel
+    def kernel(a, b, *, scale):
+        seen.append((a.dtype, b.dtype, torch.is_autocast_enabled("cpu")))
+        return a * scale + b.float()
+
+    a, ids = torch.randn(3, dtype=torch.bfloat16), torch.arange(3)
+    kernel(a, ids, scale=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernel(a, ids, scale=2.0)
+    assert seen == [(torch.bfloat16, torch.long, False), (torch.float32, torch.long, False)]
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(attention="flex", mask="sliding_window_8", mixer_kwargs={"flex_block_size": 8}),
+        dict(mixer="slstm"),
+        dict(mixer="gru"),
+    ],
+    ids=["flex", "slstm", "gru"],
+)
+def test_paper_kernels_train_under_bf16(kw):
+    """flexattn's and rnn's CPU kernels are fp32-only: under bf16 autocast they get fp32
+    inputs (`fp32_kernel`) instead of failing, and the model's outputs and gradients stay
+    within bf16 rounding of the fp32 model's."""
+    from minirepro.papers.flexattn.attention import register
+
+    register()
+    import minirepro.papers.rnn  # noqa: F401 - registers the RNN mixers
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=32, max_seq_len=24, **kw)
+    model = Transformer(cfg)
+    x = torch.randint(0, VOCAB, (2, 24))
+    grads = {}
+    for name, m in (("fp32", model), ("bf16", MixedPrecision(model))):
+        model.zero_grad()
+        out = m(x)
+        out.square().mean().backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        grads[name + "_out"] = out
+    assert grads["bf16_out"].dtype == torch.float32
+    assert_close(grads["bf16_out"], grads["fp32_out"], rtol=0.05, atol=0.05)
+    err = (grads["bf16"] - grads["fp32"]).norm() / grads["fp32"].norm()
+    assert err < 0.05, err

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from minirepro.core.precision import check_precision
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
 from minirepro.papers.flow import experiments as ex
@@ -101,6 +102,7 @@ class Config:
     ll_steps: int = 20
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         unknown = set(self.experiments) - set(EXPERIMENTS)
         if unknown:
             raise ValueError(f"unknown experiments {sorted(unknown)}; known: {EXPERIMENTS}")
