@@ -44,14 +44,15 @@ __all__ = [
     "resolve_precision",
 ]
 
-Precision = Literal["fp32", "bf16", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 
 # "auto" trains in bf16 when the model's typical matmul (see `linear_width`) is at least this
-# wide. Measured with `python benchmarks/core.py --sweep` on this project's machine (Xeon with
-# AMX-BF16, 2 threads, torch 2.13, core decoder, 16 x 128 tokens per step; core/NOTES.md):
-# bf16/fp32 step time 2.0x at width 32, 1.3x at 64, 1.2x at 128 (autocast's per-op casts
-# cost more than the faster matmuls save), then 0.65x at 192 and 256 and 0.5-0.6x at 384.
+# wide. Measured with `python benchmarks/core.py --what train --sweep 32,64,96,128,160,192,
+# 256,384` (2-layer core decoders, 16 x 128 tokens per step, 2 threads, Xeon with AMX-BF16,
+# torch 2.13, load average 5-8 from other jobs): bf16/fp32 step time 1.79x at width 32,
+# 1.31x at 64, 1.12x at 96, 1.29x at 128 (autocast's per-op casts cost more than the faster
+# matmuls save), 0.95x at 160, then 0.78x at 192 and 0.69x at 256. 192 is the first width
+# that was clearly faster; README "bf16 training" has the other runs.
 AUTO_BF16_MIN_WIDTH = 192
 
 
