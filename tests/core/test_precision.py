@@ -109,10 +109,16 @@ def test_no_features_is_a_clean_fallback(monkeypatch):
     assert "no bf16/int8" in feats.describe()
 
 
-def test_this_machine_reports_something():
+def test_this_machine_agrees_with_its_cpuinfo_and_torch():
     feats = precision.cpu_features()
     assert feats.source in ("cpuinfo", "torch", "none")
-    assert isinstance(feats.describe(), str) and feats.describe()
+    if feats.source == "cpuinfo":
+        flags = parse_cpuinfo_flags(open("/proc/cpuinfo").read())
+        assert feats.amx_bf16 == ("amx_bf16" in flags)
+        assert feats.avx512_bf16 == ("avx512_bf16" in flags)
+        # torch's own probe (cpuinfo library) sees the same AVX512-BF16 bit on x86.
+        if hasattr(torch.cpu, "_is_avx512_bf16_supported") and "avx512f" in flags:
+            assert torch.cpu._is_avx512_bf16_supported() == feats.avx512_bf16
 
 
 # ----- resolution -----------------------------------------------------------------------------

@@ -219,6 +219,8 @@ def resolve_precision(
     - "auto": "bf16" on a CPU with native bf16 when ``linear_width(model)`` is at least
       `AUTO_BF16_MIN_WIDTH` (below it bf16 measured slower), else "fp32". On other devices
       "auto" is "fp32": the threshold was measured on CPUs only; ask for "bf16" there.
+      It was measured at 2048 tokens a step; with far fewer rows per matmul the casts
+      weigh more, so time both (`benchmarks/core.py --sweep`) if the batch is tiny.
 
     Args:
         precision: "fp32", "bf16" or "auto".
