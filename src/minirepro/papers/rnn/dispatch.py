@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from minirepro.core.precision import fp32_kernel
 from minirepro.papers.rnn.cpu import CpuKernelUnavailable, cpu_flashrnn, load_extension
 from minirepro.papers.rnn.functions import cell_spec
 from minirepro.papers.rnn.reference import flashrnn_reference
@@ -54,6 +55,7 @@ def _check_shapes(Wx: Tensor, R: Tensor, b: Tensor, states: Tensor | None, funct
     return spec
 
 
+@fp32_kernel  # fp32 kernels: under bf16 autocast the inputs are cast to fp32
 def flashrnn(
     Wx: Tensor,
     R: Tensor,
