@@ -26,6 +26,7 @@ from minirepro.papers.flexattn import (
     or_masks,
     parse_variant,
 )
+from minirepro.papers.flexattn.plan import get_plan
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
 MASKS = {
@@ -38,7 +39,7 @@ MASKS = {
     "per_head": lambda b, h, q, kv: (q - kv >= 0) & (q - kv <= 16 * (h + 1)),
     "noop": noop_mask,
 }
-BUCKETS = {"plan": "buckets"}
+STREAM = {"plan": "stream"}
 SCORE_MODS = {"none": None, "alibi": make_alibi(4), "softcap": make_softcap(2.0)}
 
 
@@ -79,7 +80,7 @@ def test_bucketed_plan_matches_dense_oracle(mask):
     mm = MASKS[mask]
     q, k, v = _qkv(B, H, Hkv, S, S, D, seed=7, grad=True)
     bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
-    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=BUCKETS)
+    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=STREAM)
     exp_out, _ = dense_flex_attention(q, k, v, None, mm)
     torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
     _assert_grads_match(out, exp_out, (q, k, v))
@@ -100,12 +101,10 @@ FUSED_CASES = {
 
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_plan_structure_and_gradients(case):
-    from minirepro.papers.flexattn.cpu_fused import fused_plan
-
     mm, S, expected = FUSED_CASES[case]
     B, H, Hkv, D = 2, 4, 2, 16
     bm = create_block_mask(mm, None, None, S, S, BLOCK_SIZE=32)
-    plan = fused_plan(bm, B, H, S, S)
+    plan = get_plan(bm, B, H, S, S, "calls")
     assert plan is not None
     if expected is not None:
         kinds = [
@@ -133,11 +132,9 @@ def look_ahead(b, h, q_idx, kv_idx):
 
 @pytest.mark.parametrize("S,T", [(64, 128), (128, 128)])
 def test_per_head_bands_on_views(S, T):
-    from minirepro.papers.flexattn.cpu_fused import fused_plan
-
     q, k, v = _qkv(2, 3, 3, S, T, 16, seed=S, grad=True)
     bm = create_block_mask(look_ahead, None, 3, S, T, BLOCK_SIZE=16)
-    plan = fused_plan(bm, 2, 3, S, T)
+    plan = get_plan(bm, 2, 3, S, T, "calls")
     assert len(plan.groups) == 3 and all(any(c.band for c in g.calls) for g in plan.groups)
     out = flex_attention(q, k, v, block_mask=bm)
     exp, _ = dense_flex_attention(q, k, v, None, look_ahead)
@@ -246,38 +243,64 @@ def test_forward_matches_compiled_reference(compiled_reference, mask, score):
     torch.testing.assert_close(out, r_out, atol=1e-5, rtol=1e-5)
 
 
-def test_paged_attention_equals_contiguous_exactly():
-    B, H, D, page = 3, 2, 16, 32
-    lens = torch.tensor([70, 100, 45])
-    T = int(lens.max())
-    pa = PagedAttention(n_pages=16, page_size=page, max_batch_size=B)
-    for step in range(0, T, page):  # interleaved growth scatters the pages
-        for b in range(B):
+def _paged_cache(lens, page, n_pages, H, D, order, seed):
+    """A PagedAttention whose sequences grow in `order` (interleaving their pages), the
+    contiguous k, v and the cache holding them."""
+    B, T = len(lens), max(lens)
+    pa = PagedAttention(n_pages=n_pages, page_size=page, max_batch_size=B)
+    for step in range(0, T, page):
+        for b in order:
             if step < lens[b]:
-                pa.reserve(b, min(step + page, int(lens[b])))
-    q, k, v = _qkv(B, H, H, T, T, D)
-    k_cache, v_cache = torch.zeros(1, H, 16 * page, D), torch.zeros(1, H, 16 * page, D)
+                pa.reserve(b, min(step + page, lens[b]))
+    q, k, v = _qkv(B, H, H, T, T, D, seed=seed)
+    k_cache, v_cache = torch.zeros(1, H, n_pages * page, D), torch.zeros(1, H, n_pages * page, D)
     for b in range(B):
-        n = int(lens[b])
+        n = lens[b]
         pos = torch.arange(n)[None]
         pa.assign(
             torch.tensor([b]), pos, k[b : b + 1, :, :n], v[b : b + 1, :, :n], k_cache, v_cache
         )
+    return pa, q, k, v, k_cache, v_cache
+
+
+def test_paged_attention_equals_contiguous():
+    lens = [70, 100, 45]
+    pa, q, k, v, k_cache, v_cache = _paged_cache(lens, 32, 16, 2, 16, range(3), seed=1)
+    lens_t = torch.tensor(lens)
 
     def in_seq(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (kv_idx < lens[b])
+        return (q_idx >= kv_idx) & (kv_idx < lens_t[b])
 
     for mm in (in_seq, and_masks(in_seq, make_sliding_window(40))):
-        bm = create_block_mask(mm, B, None, T, T, BLOCK_SIZE=page)
+        bm = create_block_mask(mm, 3, None, 100, 100, BLOCK_SIZE=32)
         pbm = pa.convert_logical_block_mask(bm)
         for sm in (None, make_softcap(3.0)):
             paged = flex_attention(q, k_cache, v_cache, sm, pbm)
-            # Bit for bit with the same (bucketed) plan; the contiguous layout's default
-            # plan (fused calls on views) rounds differently.
-            assert torch.equal(flex_attention(q, k, v, sm, bm, kernel_options=BUCKETS), paged)
-            torch.testing.assert_close(flex_attention(q, k, v, sm, bm), paged, atol=1e-6, rtol=0)
+            for plan in (None, "stream"):
+                contiguous = flex_attention(q, k, v, sm, bm, kernel_options={"plan": plan})
+                torch.testing.assert_close(contiguous, paged, atol=1e-6, rtol=0)
     pa.erase(1)
     assert (pa.page_table[1] == -1).all() and len(pa.empty_pages) == 16 - 5
+
+
+@pytest.mark.parametrize("score", [None, make_softcap(3.0)])
+def test_paged_sequences_never_read_each_others_pages(score):
+    """Two sequences with interleaved pages, one BlockMask broadcast over both: sequence 0
+    reserved 2 pages, sequence 1 four (and page 0 is sequence 1's). Logical blocks 2 and 3
+    of sequence 0 have no page: they must not be read (they were clamped to page 0, and as
+    full blocks skipped the mask_mod, so sequence 0 attended to sequence 1's keys)."""
+    lens, page = [64, 128], 32
+    pa, q, k, v, k_cache, v_cache = _paged_cache(lens, page, 8, 2, 16, order=(1, 0), seed=2)
+    assert pa.page_table[1, 0] == 0 and pa.page_table[0, :2].tolist() == [1, 3]
+    bm = create_block_mask(noop_mask, None, None, 128, 128, BLOCK_SIZE=page)
+    pbm = pa.convert_logical_block_mask(bm)
+    assert pbm.full_kv_num_blocks[:, 0, 0].tolist() == [2, 4]
+    out = flex_attention(q, k_cache, v_cache, score, pbm)
+    for b, n in enumerate(lens):  # each sequence sees its own keys only
+        expected, _ = dense_flex_attention(
+            q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n], score
+        )
+        torch.testing.assert_close(out[b : b + 1], expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mask", ["causal", "sliding_window_8", "prefix_lm_6", "document_10"])

@@ -29,9 +29,9 @@ loop; see NOTES.md.
 Run: `minirepro run flexattn` (quick preset); benchmark: `python benchmarks/flexattn.py`.
 """
 
+from minirepro.papers.flexattn.api import flex_attention
 from minirepro.papers.flexattn.attention import register as _register
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask, create_mask
-from minirepro.papers.flexattn.cpu import flex_attention
 from minirepro.papers.flexattn.masks import (
     and_masks,
     make_alibi,

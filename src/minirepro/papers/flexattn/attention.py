@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from minirepro.core.model import AttentionFn, ModelConfig, register_attention
+from minirepro.papers.flexattn.api import flex_attention
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask
-from minirepro.papers.flexattn.cpu import flex_attention
 from minirepro.papers.flexattn.masks import offset_mask, parse_variant
 from minirepro.papers.flexattn.reference import dense_flex_attention
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from minirepro.papers.flexattn.block_mask import BlockMask
 from minirepro.papers.flexattn.masks import make_alibi, make_document, make_softcap, noop_mask
 
-__all__ = ["triton_flex_attention"]
+__all__ = ["UnsupportedMod", "triton_flex_attention"]
 
 SUPPORTED = (
     "pure index arithmetic/comparisons with captured Python scalars (causal, sliding window, "
@@ -79,6 +79,10 @@ _SOFTCAP_CODE = make_softcap(1.0).__code__
 _JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class UnsupportedMod(ValueError):
+    """A mask_mod / score_mod (or block size) the Triton kernel cannot compile."""
+
+
 def _closure(fn) -> dict[str, Any]:
     if fn.__closure__ is None:
         return {}
@@ -89,7 +93,7 @@ def _jit_user_fn(fn, kind: str):
     """`triton.jit` of a copy of `fn` whose captured scalars are constexprs."""
     name = getattr(fn, "__name__", repr(fn))
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
-        raise ValueError(
+        raise UnsupportedMod(
             f"{kind} {name!r} cannot run in the Triton kernel: only `def` functions can be "
             f"traced by triton.jit. Supported: {SUPPORTED}"
         )
@@ -98,7 +102,7 @@ def _jit_user_fn(fn, kind: str):
         if isinstance(val, bool | int | float):
             val = tl.constexpr(val)
         elif not isinstance(val, tl.constexpr):
-            raise ValueError(
+            raise UnsupportedMod(
                 f"{kind} {name!r} captures {var!r} ({type(val).__name__}); the Triton kernel "
                 f"supports captured Python scalars only (and the library's tensor-capturing "
                 f"mods). Supported: {SUPPORTED}"
@@ -106,7 +110,7 @@ def _jit_user_fn(fn, kind: str):
         cells.append(types.CellType(val))
         consts[var] = val
     if "torch" in fn.__code__.co_names:
-        raise ValueError(
+        raise UnsupportedMod(
             f"{kind} {name!r} calls torch, which Triton cannot trace; use arithmetic, "
             f"comparisons, & and |. Supported: {SUPPORTED}"
         )
@@ -121,7 +125,7 @@ def _jit_user_fn(fn, kind: str):
         inspect.getsource(copy)
         return triton.jit(copy)
     except (OSError, TypeError) as e:
-        raise ValueError(f"{kind} {name!r} has no source for triton.jit: {e}") from e
+        raise UnsupportedMod(f"{kind} {name!r} has no source for triton.jit: {e}") from e
 
 
 def _translate(fn, kind: str, device, n_pos: int, n_head: int) -> tuple[Any, Any]:
@@ -304,7 +308,9 @@ def triton_flex_attention(
     qb, kb = block_mask.BLOCK_SIZE
     for size in (qb, kb):
         if size < 16 or size & (size - 1):
-            raise ValueError(f"Triton kernel needs power-of-2 block sizes >= 16, got {(qb, kb)}")
+            raise UnsupportedMod(
+                f"Triton kernel needs power-of-2 block sizes >= 16, got {(qb, kb)}"
+            )
     mB, mH = block_mask.kv_num_blocks.shape[:2]
     if mB not in (1, B) or mH not in (1, H):
         raise ValueError(f"BlockMask batch/head dims {(mB, mH)} do not broadcast to {(B, H)}")
