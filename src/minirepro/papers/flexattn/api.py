@@ -151,7 +151,7 @@ def _triton(query, key, value, score_mod, block_mask, scale, options):
 
     try:
         return triton_flex_attention(query, key, value, score_mod, block_mask, scale)
-    except UnsupportedMod as e:
+    except (UnsupportedMod, NotImplementedError) as e:  # a mod it cannot compile/differentiate
         if options.get("backend") == "triton":
             raise
         warnings.warn(f"{e} -- running the torch stream strategy instead", stacklevel=3)

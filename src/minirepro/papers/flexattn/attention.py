@@ -13,7 +13,7 @@ from torch import Tensor
 from minirepro.core.model import AttentionFn, ModelConfig, register_attention
 from minirepro.papers.flexattn.api import flex_attention
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask
-from minirepro.papers.flexattn.masks import offset_mask, parse_variant
+from minirepro.papers.flexattn.masks import offset_mask, offset_score, parse_variant
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
 # Block size for model use: the sequences of small models are short, so 128-token blocks
@@ -39,22 +39,12 @@ def flex_factory(cfg: ModelConfig) -> AttentionFn:
             q,
             k,
             v,
-            score_mod=_offset_score(score_mod, q_start),
+            score_mod=offset_score(score_mod, q_start),
             block_mask=cache[key],
             enable_gqa=q.shape[1] != k.shape[1],
         )
 
     return flex
-
-
-def _offset_score(score_mod, q_start: int):
-    if score_mod is None or q_start == 0:
-        return score_mod
-
-    def shifted(score, b, h, q_idx, kv_idx):
-        return score_mod(score, b, h, q_idx + q_start, kv_idx)
-
-    return shifted
 
 
 def dense_factory(cfg: ModelConfig) -> AttentionFn:
@@ -63,7 +53,7 @@ def dense_factory(cfg: ModelConfig) -> AttentionFn:
 
     def flex_dense(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
         out, _ = dense_flex_attention(
-            q, k, v, _offset_score(score_mod, q_start), offset_mask(mask_mod, q_start)
+            q, k, v, offset_score(score_mod, q_start), offset_mask(mask_mod, q_start)
         )
         return out
 

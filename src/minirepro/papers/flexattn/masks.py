@@ -33,6 +33,7 @@ __all__ = [
     "make_softcap",
     "noop_mask",
     "offset_mask",
+    "offset_score",
     "or_masks",
     "parse_variant",
 ]
@@ -91,6 +92,18 @@ def offset_mask(mask_mod: MaskMod, q_offset: int) -> MaskMod:
 
     name = f"{getattr(mask_mod, '__name__', 'mask')}_from_{q_offset}"
     return _named(shifted, name, is_broadcastable(mask_mod))
+
+
+def offset_score(score_mod: ScoreMod | None, q_offset: int) -> ScoreMod | None:
+    """`score_mod` for queries that start at position `q_offset`."""
+    if score_mod is None or q_offset == 0:
+        return score_mod
+
+    def shifted_score(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor):
+        return score_mod(score, b, h, q_idx + q_offset, kv_idx)
+
+    name = f"{getattr(score_mod, '__name__', 'score')}_from_{q_offset}"
+    return _named(shifted_score, name, is_broadcastable(score_mod))
 
 
 # --------------------------------------------------------------------------- masks

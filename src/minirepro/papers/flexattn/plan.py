@@ -164,11 +164,20 @@ def get_plan(bm: BlockMask, B: int, H: int, S: int, T: int, strategy: str) -> Pl
 def _layouts(bm: BlockMask, B: int, H: int, S: int, T: int) -> list[_Layout]:
     qb, kb = bm.BLOCK_SIZE
     n_q, n_kv = -(-S // qb), -(-T // kb)
-    mB, mH = bm.kv_num_blocks.shape[:2]
-    num, idx = bm.kv_num_blocks.tolist(), bm.kv_indices.tolist()
-    has_full = bm.full_kv_num_blocks is not None
+    lists = [bm.kv_num_blocks, bm.kv_indices]
+    if bm.full_kv_num_blocks is not None:
+        lists += [bm.full_kv_num_blocks, bm.full_kv_indices]
+    # Batches/heads that list the same blocks are one group (fewer, larger steps).
+    for dim in (0, 1):
+        if lists[0].shape[dim] > 1 and all(
+            torch.equal(x, x.narrow(dim, 0, 1).expand_as(x)) for x in lists
+        ):
+            lists = [x.narrow(dim, 0, 1) for x in lists]
+    mB, mH = lists[0].shape[:2]
+    num, idx = lists[0].tolist(), lists[1].tolist()
+    has_full = len(lists) == 4
     if has_full:
-        fnum, fidx = bm.full_kv_num_blocks.tolist(), bm.full_kv_indices.tolist()
+        fnum, fidx = lists[2].tolist(), lists[3].tolist()
     out = []
     for ib in range(mB):
         for ih in range(mH):

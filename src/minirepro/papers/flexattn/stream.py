@@ -20,7 +20,7 @@ from torch import Tensor
 
 from minirepro.papers.flexattn.calls import pad_rows
 from minirepro.papers.flexattn.mods import score_values
-from minirepro.papers.flexattn.plan import Group, Plan
+from minirepro.papers.flexattn.plan import Bucket, Group, Plan
 
 __all__ = ["StreamAttention", "captured_leaves"]
 
@@ -93,6 +93,13 @@ def _step_scores(ctx, g, bk, j, Qs, Kj, q_pos, score_mod, blocked, enable_grad=F
     return s, leaf, mask
 
 
+def _on(bk: Bucket, device) -> Bucket:
+    """The bucket with its index tensors on `device` (plans are built on the CPU)."""
+    if bk.rows.device == torch.device(device):
+        return bk
+    return Bucket(bk.rows.to(device), bk.blocks.to(device), bk.tile_ids.to(device), bk.masked)
+
+
 class _Ctx:
     """What every step needs: scale, sizes and each group's batch/head index tensors."""
 
@@ -117,6 +124,7 @@ def _forward(q, k, v, plan: Plan, scale: float, score_mod):
     for gi, g in enumerate(plan.groups):
         blocked = ~g.tiles.to(q.device)
         for bk in g.buckets:
+            bk = _on(bk, q.device)
             Qs = qs.take(g, bk.rows).mul_(scale)  # (r, B', H', qb, D), a fresh gather
             q_pos = _positions(bk.rows, plan.qb, S)[:, None, None, :, None]
             shape = Qs.shape[:-1]
@@ -187,6 +195,7 @@ def _backward(q, k, v, out, lse, dout, plan: Plan, scale, score_mod, leaves):
         dkb = torch.zeros(plan.n_kv, Bp, Hp, plan.kb, D, device=dev)
         dvb = torch.zeros(plan.n_kv, Bp, Hp, plan.kb, Dv, device=dev)
         for bk in g.buckets:
+            bk = _on(bk, dev)
             Qs, dOg = qs.take(g, bk.rows).mul_(scale), dos.take(g, bk.rows)
             lse_g = lse_b[g.b, g.h][:, :, bk.rows].movedim(2, 0)[..., None]
             delta_g = delta_b[g.b, g.h][:, :, bk.rows].movedim(2, 0)[..., None]
