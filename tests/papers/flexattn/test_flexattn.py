@@ -16,7 +16,6 @@ from minirepro.papers.flexattn import (
     create_block_mask,
     create_mask,
     flex_attention,
-    make_alibi,
     make_causal,
     make_document,
     make_prefix_lm,
@@ -40,7 +39,6 @@ MASKS = {
     "noop": noop_mask,
 }
 STREAM = {"plan": "stream"}
-SCORE_MODS = {"none": None, "alibi": make_alibi(4), "softcap": make_softcap(2.0)}
 
 
 def _qkv(B, H, Hkv, S, T, D, seed=0, grad=False):
@@ -59,23 +57,9 @@ def _assert_grads_match(out, expected, inputs, atol=1e-4):
         torch.testing.assert_close(a, b, atol=atol, rtol=atol)
 
 
-@pytest.mark.parametrize("mask", MASKS)
-@pytest.mark.parametrize("score", SCORE_MODS)
-def test_forward_backward_match_dense_oracle(mask, score):
-    B, H, Hkv, S, D = 2, 4, 2, 300, 16  # GQA, S not a multiple of the block size
-    mm, sm = MASKS[mask], SCORE_MODS[score]
-    q, k, v = _qkv(B, H, Hkv, S, S, D, seed=hash(mask + score) % 1000, grad=True)
-    bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
-    out, lse = flex_attention(q, k, v, sm, bm, enable_gqa=True, return_lse=True)
-    exp_out, exp_lse = dense_flex_attention(q, k, v, sm, mm)
-    torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
-    _assert_grads_match(out, exp_out, (q, k, v))
-
-
-@pytest.mark.parametrize("mask", ["causal", "document", "per_head", "and"])
-def test_bucketed_plan_matches_dense_oracle(mask):
-    """The bucketed CPU plan (fallback of the fused one, and the paged layout's) too."""
+@pytest.mark.parametrize("mask", ["per_head", "and"])
+def test_stream_plan_matches_dense_oracle(mask):
+    """The stream strategy without a score_mod (the fallback of the calls strategy)."""
     B, H, Hkv, S, D = 2, 4, 2, 300, 16
     mm = MASKS[mask]
     q, k, v = _qkv(B, H, Hkv, S, S, D, seed=7, grad=True)
@@ -219,28 +203,6 @@ def test_causal_block_structure():
     assert bm.full_kv_num_blocks.flatten().tolist() == list(range(8))
     assert bm.sparsity() == pytest.approx(100 * (1 - 36 / 64))
     assert make_sliding_window(64).__name__ == "sliding_window_64"
-
-
-@pytest.fixture(scope="module")
-def compiled_reference():
-    """torch's flex_attention compiled for the CPU: 15-35 s per new score_mod, so few cases."""
-    return torch.compile(ref.flex_attention)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "mask,score", [("document", "none"), ("sliding_window", "softcap"), ("or", "none")]
-)
-def test_forward_matches_compiled_reference(compiled_reference, mask, score):
-    S = 300
-    mm, sm = MASKS[mask], SCORE_MODS[score]
-    q, k, v = _qkv(1, 4, 4, S, S, 16, seed=3)
-    bm = create_block_mask(mm, None, None, S, S)
-    rbm = ref.create_block_mask(mm, None, None, S, S, device="cpu")
-    out = flex_attention(q, k, v, sm, bm)
-    with torch.no_grad():  # the reference compiles inference only on the CPU, without lse
-        r_out = compiled_reference(q, k, v, sm, block_mask=rbm)
-    torch.testing.assert_close(out, r_out, atol=1e-5, rtol=1e-5)
 
 
 def _paged_cache(lens, page, n_pages, H, D, order, seed):
