@@ -39,6 +39,15 @@ def _interval_mask(table):
     return cross_attention
 
 
+def _reduced_row_mask(table):
+    def up_to_row_total(b, h, q_idx, kv_idx):
+        # Scalars: the sum of query q's row. On broadcast index tensors, .sum() would add
+        # up every gathered row and give one bound for all queries, silently.
+        return kv_idx < table[q_idx].sum()
+
+    return up_to_row_total
+
+
 BLOCK_TENSORS = (
     "kv_num_blocks",
     "kv_indices",
@@ -51,12 +60,19 @@ BLOCK_TENSORS = (
 )
 
 
-@pytest.mark.parametrize("n_q,n_kv,block", [(Q_LEN, KV_LEN, 32), (64, 64, 16)])
-def test_mask_mod_indexing_a_table_equals_torch(n_q, n_kv, block):
-    """torch calls mask_mods on scalars (vmap): `table[q_idx][0]` is the row's first entry.
-    Called once on broadcast index tensors it raised a shape error (n_q != n_kv) or, where
-    the shapes happened to broadcast (64 x 64), silently gave another mask."""
-    mm = _interval_mask(_intervals(n_q, n_kv, _seed(f"intervals{n_q}")))
+@pytest.mark.parametrize(
+    "make,n_q,n_kv,block",
+    [
+        (_interval_mask, Q_LEN, KV_LEN, 32),
+        (_interval_mask, 64, 64, 16),
+        (_reduced_row_mask, 64, 96, 16),
+    ],
+)
+def test_mask_mod_indexing_a_table_equals_torch(make, n_q, n_kv, block):
+    """torch calls mask_mods on scalars (vmap): `table[q_idx][0]` is the row's first entry
+    and `table[q_idx].sum()` the row's sum. Called once on broadcast index tensors, the
+    first raised a shape error and the second silently gave another mask."""
+    mm = make(_intervals(n_q, n_kv, _seed(f"intervals{n_q}")) // 3)
     assert not is_broadcastable(mm)
     ours = create_block_mask(mm, None, None, n_q, n_kv, BLOCK_SIZE=block)
     theirs = ref.create_block_mask(mm, None, None, n_q, n_kv, device="cpu", BLOCK_SIZE=block)

@@ -88,7 +88,7 @@ def score_mod_grad(score_mod, score_fn):
     raise NotImplementedError(
         f"the Triton backward has no derivative for score_mod {name!r}: it knows make_alibi "
         "and make_softcap, or a `score_grad` attribute on the score_mod (a def returning "
-        "d score_mod / d score); otherwise use CPU tensors (cpu.py differentiates any "
+        "d score_mod / d score); otherwise use CPU tensors (the stream strategy differentiates any "
         "score_mod) or run the Triton kernel under torch.no_grad()"
     )
 

@@ -3,7 +3,7 @@
 One program per (query block, batch·head). It walks the query block's *full* key blocks
 (`full_kv_indices`, no mask_mod) and then its *partial* ones (`kv_indices`, mask_mod on the
 tile), with an fp32 online softmax, and writes out (B, H, S, Dv) and the natural-log LSE
-(B, H, S) fp32, as `cpu.py` does. Rows with no allowed key give out = 0, lse = -inf.
+(B, H, S) fp32, as the CPU path does. Rows with no allowed key give out = 0, lse = -inf.
 GQA reads kv head h // group; lengths need not be multiples of the block (bounds masks).
 
 score_mod / mask_mod enter the kernel as `tl.constexpr` functions wrapped by `triton.jit`
