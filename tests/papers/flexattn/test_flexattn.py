@@ -25,6 +25,7 @@ from minirepro.papers.flexattn import (
     or_masks,
     parse_variant,
 )
+from minirepro.papers.flexattn.block_mask import _TENSOR_ATTRS as BLOCK_TENSORS
 from minirepro.papers.flexattn.plan import get_plan
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
@@ -179,16 +180,7 @@ def test_block_mask_tensors_equal_reference(mask, S, T, block):
     B, H = (2, 4) if mask == "per_head" else (None, None)
     ours = create_block_mask(mm, B, H, S, T, BLOCK_SIZE=block)
     theirs = ref.create_block_mask(mm, B, H, S, T, device="cpu", BLOCK_SIZE=block)
-    for name in (
-        "kv_num_blocks",
-        "kv_indices",
-        "full_kv_num_blocks",
-        "full_kv_indices",
-        "q_num_blocks",
-        "q_indices",
-        "full_q_num_blocks",
-        "full_q_indices",
-    ):
+    for name in BLOCK_TENSORS:
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
     assert ours.sparsity() == pytest.approx(theirs.sparsity())
     assert torch.equal(ours.to_dense(), theirs.to_dense())

@@ -15,6 +15,7 @@ from minirepro.papers.flexattn import (
     make_causal,
     make_document,
 )
+from minirepro.papers.flexattn.block_mask import _TENSOR_ATTRS as BLOCK_TENSORS
 from minirepro.papers.flexattn.mods import is_broadcastable
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
@@ -46,18 +47,6 @@ def _reduced_row_mask(table):
         return kv_idx < table[q_idx].sum()
 
     return up_to_row_total
-
-
-BLOCK_TENSORS = (
-    "kv_num_blocks",
-    "kv_indices",
-    "full_kv_num_blocks",
-    "full_kv_indices",
-    "q_num_blocks",
-    "q_indices",
-    "full_q_num_blocks",
-    "full_q_indices",
-)
 
 
 @pytest.mark.parametrize(
