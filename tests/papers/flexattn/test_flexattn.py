@@ -294,3 +294,29 @@ def test_smoke_preset_end_to_end(tmp_path):
     gap = next(r for c, r in by_claim.items() if c.startswith("max |loss"))
     assert gap.verdict == "pass" and gap.mean < 1e-3
     assert all(math.isfinite(r.mean) for r in results)
+
+
+def test_bad_plans_and_mods_are_clear_errors():
+    q, k, v = _qkv(1, 2, 2, 64, 64, 8)
+    bm = create_block_mask(make_causal(), None, None, 64, 64, BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="must be 'calls' or 'stream'"):
+        flex_attention(q, k, v, block_mask=bm, kernel_options={"plan": "buckets"})
+    with pytest.raises(ValueError, match="without a score_mod only"):
+        flex_attention(q, k, v, make_softcap(2.0), bm, kernel_options={"plan": "calls"})
+
+    def checkerboard(b, h, q_idx, kv_idx):  # blocks on 16 diagonals: too many calls
+        return (q_idx // 16 + kv_idx // 16) % 2 == 0
+
+    scattered = create_block_mask(checkerboard, None, None, 256, 256, BLOCK_SIZE=16)
+    q2, k2, v2 = _qkv(1, 2, 2, 256, 256, 8)
+    with pytest.raises(ValueError, match="too many fused calls"):
+        flex_attention(q2, k2, v2, block_mask=scattered, kernel_options={"plan": "calls"})
+    exp, _ = dense_flex_attention(q2, k2, v2, None, checkerboard)  # the default: stream
+    torch.testing.assert_close(flex_attention(q2, k2, v2, block_mask=scattered), exp)
+    table = torch.zeros(3)
+
+    def reads_past_table(score, b, h, q_idx, kv_idx):
+        return score + table[q_idx + 5]
+
+    with pytest.raises(ValueError, match="failed on scalar indices"):
+        flex_attention(q.requires_grad_(), k, v, reads_past_table, bm)

@@ -128,8 +128,8 @@ def flex_attention(
     group = H // Hkv
     ke, ve = _expand_kv(key, group), _expand_kv(value, group)
     strategy = options.get("plan")
-    if strategy == "calls" and score_mod is not None:
-        raise ValueError("the 'calls' plan runs without a score_mod only; use 'stream'")
+    if strategy == "calls" and (score_mod is not None or query.is_cuda):
+        raise ValueError("the 'calls' plan runs on CPU tensors without a score_mod only")
     plan = None
     if score_mod is None and strategy != "stream" and not query.is_cuda:
         plan = get_plan(block_mask, B, H, S, T, "calls")

@@ -35,8 +35,15 @@ def captured_leaves(score_mod) -> list[Tensor]:
     if score_mod is None or not torch.is_grad_enabled():
         return []
     i = torch.zeros((), dtype=torch.long)
-    with torch.enable_grad():
-        out = score_mod(torch.zeros(()), i, i, i, i)
+    try:
+        with torch.enable_grad():
+            out = score_mod(torch.zeros(()), i, i, i, i)
+    except Exception as e:
+        name = getattr(score_mod, "__name__", repr(score_mod))
+        raise ValueError(
+            f"score_mod {name!r} failed on scalar indices (torch calls it per element, "
+            f"through vmap): {e!r}"
+        ) from e
     if not isinstance(out, Tensor) or out.grad_fn is None:
         return []
     leaves, seen, stack = [], set(), [out.grad_fn]
