@@ -76,7 +76,7 @@ def test_score_mod_causal_memory_is_o_s_times_block(S, block, backward):
 def test_half_inputs_accumulate_in_fp32(dtype, plan):
     """bf16/fp16 in, out in the same dtype, the softmax accumulated in fp32: the error is
     the output's rounding alone (fp32 LSE within 1e-4 of the fp32 oracle)."""
-    S, D = 300, 32
+    S, D = 200, 32
     g = torch.Generator().manual_seed(16)
     q, k, v = (torch.randn(2, 2, S, D, generator=g).to(dtype) for _ in range(3))
     bm = create_block_mask(make_causal(), None, None, S, S, BLOCK_SIZE=64)
