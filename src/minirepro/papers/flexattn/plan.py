@@ -36,6 +36,8 @@ ALL, NONE = 0, 1  # tile ids of the all-allowed and all-masked tiles in every ta
 _MAX_CALLS = 12
 # Widest band (in key blocks) run as one call; wider ones go through diagonals/rectangles.
 _MAX_BAND = 8
+# A call's additive mask is kept (per dtype) up to this many tiles, else rebuilt per call.
+_KEEP_TILES = 8
 # Booleans of mask_mod evaluated at once while reading tiles.
 _TILE_CHUNK = 1 << 22
 # Stream buckets per group, and the per-step overhead counted in query-block rows.
@@ -71,8 +73,8 @@ class Call:
     def mask(self, tiles: Tensor, dtype: torch.dtype) -> Tensor | None:
         """The additive mask (1, 1 | cnt, mq·qb, mk·kb) in `dtype`, or None.
 
-        Kept only when it is one tile pattern for every piece (a few KB); otherwise built
-        from the boolean tiles at each call.
+        Kept only when it is small (one pattern for every piece, at most _KEEP_TILES
+        tiles: a band's window); otherwise built from the boolean tiles at each call.
         """
         if self.tile_ids is None:
             return None
@@ -83,7 +85,7 @@ class Call:
         qb, kb = allowed.shape[-2:]
         allowed = allowed.view(n, mq, mk, qb, kb).transpose(2, 3).reshape(n, mq * qb, mk * kb)
         out = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
-        if n == 1:
+        if n * mq * mk <= _KEEP_TILES:
             self._additive[dtype] = out[None]
         return out[None]
 
