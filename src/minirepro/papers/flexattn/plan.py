@@ -40,6 +40,9 @@ _MAX_BAND = 8
 _KEEP_TILES = 8
 # Booleans of mask_mod evaluated at once while reading tiles.
 _TILE_CHUNK = 1 << 22
+# Scores per stream step and batch/head at least this many (1 MB fp32): small problems
+# take several key blocks per step (fewer ops); large ones one block for all rows.
+_MIN_STEP = 1 << 18
 # Stream buckets per group, and the per-step overhead counted in query-block rows.
 _MAX_BUCKETS, _STEP_OVERHEAD = 4, 4
 
@@ -98,13 +101,16 @@ class Bucket:
         rows: (r,) query blocks.
         blocks: (r, n) key block of each row at each step (0 where the row has no more).
         tile_ids: (r, n) ids into the group's tiles (NONE past a row's last block).
-        masked: per step, whether any row's tile there is not ALL.
+        masked: per column, whether any row's tile there is not ALL.
+        chunk: Key blocks per step (several where the bucket has few rows, so a step's
+            scores stay within max(S x block, _MIN_STEP) per batch/head).
     """
 
     rows: Tensor
     blocks: Tensor
     tile_ids: Tensor
     masked: list[bool]
+    chunk: int = 1
 
 
 @dataclass
@@ -441,7 +447,9 @@ def _stream_plan(layouts, n_q, n_kv, qb, kb, S, T) -> Plan:
                 ids[a, : len(row)] = torch.tensor([lay.tile_of.get((i, j), ALL) for j in row])
             rows_t = torch.tensor([i for i, _ in members])
             masked = (ids != ALL).any(0).tolist()
-            buckets.append(Bucket(rows_t, blocks, ids, masked))
+            budget = max(n_q * qb * kb, _MIN_STEP)  # scores per step and batch/head
+            chunk = max(1, min(n, budget // (len(members) * qb * kb)))
+            buckets.append(Bucket(rows_t, blocks, ids, masked, chunk))
         groups.append(Group(lay.b, lay.h, lay.tiles, buckets=buckets))
     return Plan("stream", groups, n_q, n_kv, qb, kb)
 

@@ -66,18 +66,22 @@ class _Blocks:
         self.x = pad_rows(x, n * size).view(*x.shape[:2], n, size, x.shape[-1])
 
     def take(self, g: Group, blocks: Tensor) -> Tensor:
-        """(r, B', H', size, D) fp32: block blocks[a] of every batch/head of the group."""
-        return self.x[g.b, g.h][:, :, blocks].movedim(2, 0).float()
+        """(r, B', H', size, D) fp32 for blocks (r,), or (r, B', H', c·size, D) for (r, c):
+        the blocks of every batch/head of the group."""
+        x = self.x[g.b, g.h][:, :, blocks].movedim(2, 0)  # (r, B', H', [c,] size, D)
+        return (x.flatten(3, 4) if blocks.dim() == 2 else x).float()
 
 
 def _positions(blocks: Tensor, size: int, limit: int) -> Tensor:
-    """(r,) blocks -> (r, size) positions, clamped into the sequence."""
-    return (blocks[:, None] * size + torch.arange(size, device=blocks.device)).clamp(max=limit - 1)
+    """(r,) blocks -> (r, size) positions, (r, c) -> (r, c·size); clamped into the sequence."""
+    pos = blocks[..., None] * size + torch.arange(size, device=blocks.device)
+    return (pos.flatten(-2) if blocks.dim() == 2 else pos).clamp(max=limit - 1)
 
 
-def _step_scores(ctx, g, bk, j, Qs, Kj, q_pos, score_mod, blocked, enable_grad=False):
-    """Scores of step j (r, B', H', qb, kb) after score_mod and the mask (in place, -inf);
-    with the leaf of the raw scores when the backward differentiates through the score_mod.
+def _step_scores(ctx, g, bk, cols, Qs, Kj, q_pos, score_mod, blocked, enable_grad=False):
+    """Scores of the step's key blocks `cols` (r, B', H', qb, c·kb) after score_mod and the
+    mask (in place, -inf); with the leaf of the raw scores when the backward differentiates
+    through the score_mod.
 
     Qs: the bucket's queries times the scale. blocked: the group's tiles negated.
     """
@@ -86,15 +90,16 @@ def _step_scores(ctx, g, bk, j, Qs, Kj, q_pos, score_mod, blocked, enable_grad=F
     if score_mod is not None:
         if enable_grad:
             leaf = s.requires_grad_()
-        kv_pos = _positions(bk.blocks[:, j], ctx.kb, ctx.T)[:, None, None, None, :]
+        kv_pos = _positions(bk.blocks[:, cols], ctx.kb, ctx.T)[:, None, None, None, :]
         with torch.set_grad_enabled(enable_grad):
             s = score_values(score_mod, s, ctx.b5[g], ctx.h5[g], q_pos, kv_pos)
     mask = None
-    if bk.masked[j]:
-        ids = bk.tile_ids[:, j]
-        first = int(ids[0])
-        # (r | 1, B'', H'', qb, kb): one tile broadcast when every row has the same one.
-        mask = blocked[first : first + 1] if bool((ids == first).all()) else blocked[ids]
+    if any(bk.masked[cols]):
+        ids = bk.tile_ids[:, cols]  # (r, c)
+        if bool((ids == ids[0, 0]).all()):  # one pattern for every row: broadcast it
+            ids = ids[:1]
+        # (r | 1, c, B'', H'', qb, kb) -> (r | 1, B'', H'', qb, c·kb)
+        mask = blocked[ids].permute(0, 2, 3, 4, 1, 5).flatten(4)
         if leaf is None:
             s = s.masked_fill_(mask, _NEG_INF)
     return s, leaf, mask
@@ -104,7 +109,23 @@ def _on(bk: Bucket, device) -> Bucket:
     """The bucket with its index tensors on `device` (plans are built on the CPU)."""
     if bk.rows.device == torch.device(device):
         return bk
-    return Bucket(bk.rows.to(device), bk.blocks.to(device), bk.tile_ids.to(device), bk.masked)
+    return Bucket(
+        bk.rows.to(device), bk.blocks.to(device), bk.tile_ids.to(device), bk.masked, bk.chunk
+    )
+
+
+def _steps(bk: Bucket) -> list[slice]:
+    """The bucket's steps: `bk.chunk` consecutive key-block columns each."""
+    n = bk.blocks.shape[1]
+    return [slice(j, min(n, j + bk.chunk)) for j in range(0, n, bk.chunk)]
+
+
+def _add_blocks(acc: Tensor, blocks: Tensor, grad: Tensor) -> None:
+    """acc (n_kv, B', H', kb, D) += grad (r, B', H', c·kb, D) at key blocks (r, c)."""
+    r, c = blocks.shape
+    kb = acc.shape[3]
+    grad = grad.unflatten(3, (c, kb)).movedim(3, 1)  # (r, c, B', H', kb, D)
+    acc.index_add_(0, blocks.flatten(), grad.flatten(0, 1))
 
 
 class _Ctx:
@@ -138,10 +159,10 @@ def _forward(q, k, v, plan: Plan, scale: float, score_mod):
             m = torch.full(shape, _NEG_INF, device=q.device)
             denom = torch.zeros(shape, device=q.device)
             acc = torch.zeros(*shape, Dv, device=q.device)
-            for j in range(bk.blocks.shape[1]):
-                blk = bk.blocks[:, j]
+            for cols in _steps(bk):
+                blk = bk.blocks[:, cols]
                 s, _, _ = _step_scores(
-                    ctx, gi, bk, j, Qs, ks.take(g, blk), q_pos, score_mod, blocked
+                    ctx, gi, bk, cols, Qs, ks.take(g, blk), q_pos, score_mod, blocked
                 )
                 m_new = torch.maximum(m, s.amax(-1))
                 m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.0)  # nothing allowed yet
@@ -208,12 +229,12 @@ def _backward(q, k, v, out, lse, dout, plan: Plan, scale, score_mod, leaves):
             delta_g = delta_b[g.b, g.h][:, :, bk.rows].movedim(2, 0)[..., None]
             q_pos = _positions(bk.rows, plan.qb, S)[:, None, None, :, None]
             dQg = torch.zeros_like(Qs)
-            for j in range(bk.blocks.shape[1]):
-                blk = bk.blocks[:, j]
+            for cols in _steps(bk):
+                blk = bk.blocks[:, cols]
                 Kj, Vj = ks.take(g, blk), vs.take(g, blk)
                 with_mod = score_mod is not None
                 s, leaf, mask = _step_scores(
-                    ctx, gi, bk, j, Qs, Kj, q_pos, score_mod, blocked, enable_grad=with_mod
+                    ctx, gi, bk, cols, Qs, Kj, q_pos, score_mod, blocked, enable_grad=with_mod
                 )
                 if leaf is None:  # masked in place already; s is not needed again
                     p = s.sub_(lse_g).exp_()
@@ -221,7 +242,7 @@ def _backward(q, k, v, out, lse, dout, plan: Plan, scale, score_mod, leaves):
                     p = (s.detach() - lse_g).exp_()
                     if mask is not None:
                         p.masked_fill_(mask, 0.0)
-                dvb.index_add_(0, blk, p.transpose(-1, -2) @ dOg)
+                _add_blocks(dvb, blk, p.transpose(-1, -2) @ dOg)
                 ds = p.mul_((dOg @ Vj.transpose(-1, -2)).sub_(delta_g))  # dS, in p's place
                 if leaf is not None:
                     grads = torch.autograd.grad(
@@ -232,7 +253,7 @@ def _backward(q, k, v, out, lse, dout, plan: Plan, scale, score_mod, leaves):
                         if gl is not None:
                             acc += gl
                 dQg += ds @ Kj
-                dkb.index_add_(0, blk, ds.transpose(-1, -2) @ Qs)
+                _add_blocks(dkb, blk, ds.transpose(-1, -2) @ Qs)
             dq[g.b, g.h][:, :, bk.rows] = dQg.mul_(scale).movedim(0, 2)
         dk[g.b, g.h] = dkb.movedim(0, 2).flatten(2, 3)
         dv[g.b, g.h] = dvb.movedim(0, 2).flatten(2, 3)
