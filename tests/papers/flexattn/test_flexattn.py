@@ -16,7 +16,6 @@ from minirepro.papers.flexattn import (
     create_block_mask,
     create_mask,
     flex_attention,
-    make_alibi,
     make_causal,
     make_document,
     make_prefix_lm,
@@ -26,6 +25,8 @@ from minirepro.papers.flexattn import (
     or_masks,
     parse_variant,
 )
+from minirepro.papers.flexattn.block_mask import _TENSOR_ATTRS as BLOCK_TENSORS
+from minirepro.papers.flexattn.plan import get_plan
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
 MASKS = {
@@ -38,8 +39,7 @@ MASKS = {
     "per_head": lambda b, h, q, kv: (q - kv >= 0) & (q - kv <= 16 * (h + 1)),
     "noop": noop_mask,
 }
-BUCKETS = {"plan": "buckets"}
-SCORE_MODS = {"none": None, "alibi": make_alibi(4), "softcap": make_softcap(2.0)}
+STREAM = {"plan": "stream"}
 
 
 def _qkv(B, H, Hkv, S, T, D, seed=0, grad=False):
@@ -58,28 +58,14 @@ def _assert_grads_match(out, expected, inputs, atol=1e-4):
         torch.testing.assert_close(a, b, atol=atol, rtol=atol)
 
 
-@pytest.mark.parametrize("mask", MASKS)
-@pytest.mark.parametrize("score", SCORE_MODS)
-def test_forward_backward_match_dense_oracle(mask, score):
-    B, H, Hkv, S, D = 2, 4, 2, 300, 16  # GQA, S not a multiple of the block size
-    mm, sm = MASKS[mask], SCORE_MODS[score]
-    q, k, v = _qkv(B, H, Hkv, S, S, D, seed=hash(mask + score) % 1000, grad=True)
-    bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
-    out, lse = flex_attention(q, k, v, sm, bm, enable_gqa=True, return_lse=True)
-    exp_out, exp_lse = dense_flex_attention(q, k, v, sm, mm)
-    torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse, exp_lse, atol=1e-5, rtol=1e-5)
-    _assert_grads_match(out, exp_out, (q, k, v))
-
-
-@pytest.mark.parametrize("mask", ["causal", "document", "per_head", "and"])
-def test_bucketed_plan_matches_dense_oracle(mask):
-    """The bucketed CPU plan (fallback of the fused one, and the paged layout's) too."""
+@pytest.mark.parametrize("mask", ["per_head", "and"])
+def test_stream_plan_matches_dense_oracle(mask):
+    """The stream strategy without a score_mod (the fallback of the calls strategy)."""
     B, H, Hkv, S, D = 2, 4, 2, 300, 16
     mm = MASKS[mask]
     q, k, v = _qkv(B, H, Hkv, S, S, D, seed=7, grad=True)
     bm = create_block_mask(mm, B if mask == "per_head" else None, H, S, S, BLOCK_SIZE=64)
-    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=BUCKETS)
+    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=STREAM)
     exp_out, _ = dense_flex_attention(q, k, v, None, mm)
     torch.testing.assert_close(out, exp_out, atol=1e-5, rtol=1e-5)
     _assert_grads_match(out, exp_out, (q, k, v))
@@ -100,12 +86,10 @@ FUSED_CASES = {
 
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_plan_structure_and_gradients(case):
-    from minirepro.papers.flexattn.cpu_fused import fused_plan
-
     mm, S, expected = FUSED_CASES[case]
     B, H, Hkv, D = 2, 4, 2, 16
     bm = create_block_mask(mm, None, None, S, S, BLOCK_SIZE=32)
-    plan = fused_plan(bm, B, H, S, S)
+    plan = get_plan(bm, B, H, S, S, "calls")
     assert plan is not None
     if expected is not None:
         kinds = [
@@ -133,11 +117,9 @@ def look_ahead(b, h, q_idx, kv_idx):
 
 @pytest.mark.parametrize("S,T", [(64, 128), (128, 128)])
 def test_per_head_bands_on_views(S, T):
-    from minirepro.papers.flexattn.cpu_fused import fused_plan
-
     q, k, v = _qkv(2, 3, 3, S, T, 16, seed=S, grad=True)
     bm = create_block_mask(look_ahead, None, 3, S, T, BLOCK_SIZE=16)
-    plan = fused_plan(bm, 2, 3, S, T)
+    plan = get_plan(bm, 2, 3, S, T, "calls")
     assert len(plan.groups) == 3 and all(any(c.band for c in g.calls) for g in plan.groups)
     out = flex_attention(q, k, v, block_mask=bm)
     exp, _ = dense_flex_attention(q, k, v, None, look_ahead)
@@ -198,16 +180,7 @@ def test_block_mask_tensors_equal_reference(mask, S, T, block):
     B, H = (2, 4) if mask == "per_head" else (None, None)
     ours = create_block_mask(mm, B, H, S, T, BLOCK_SIZE=block)
     theirs = ref.create_block_mask(mm, B, H, S, T, device="cpu", BLOCK_SIZE=block)
-    for name in (
-        "kv_num_blocks",
-        "kv_indices",
-        "full_kv_num_blocks",
-        "full_kv_indices",
-        "q_num_blocks",
-        "q_indices",
-        "full_q_num_blocks",
-        "full_q_indices",
-    ):
+    for name in BLOCK_TENSORS:
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
     assert ours.sparsity() == pytest.approx(theirs.sparsity())
     assert torch.equal(ours.to_dense(), theirs.to_dense())
@@ -224,60 +197,64 @@ def test_causal_block_structure():
     assert make_sliding_window(64).__name__ == "sliding_window_64"
 
 
-@pytest.fixture(scope="module")
-def compiled_reference():
-    """torch's flex_attention compiled for the CPU: 15-35 s per new score_mod, so few cases."""
-    return torch.compile(ref.flex_attention)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "mask,score", [("document", "none"), ("sliding_window", "softcap"), ("or", "none")]
-)
-def test_forward_matches_compiled_reference(compiled_reference, mask, score):
-    S = 300
-    mm, sm = MASKS[mask], SCORE_MODS[score]
-    q, k, v = _qkv(1, 4, 4, S, S, 16, seed=3)
-    bm = create_block_mask(mm, None, None, S, S)
-    rbm = ref.create_block_mask(mm, None, None, S, S, device="cpu")
-    out = flex_attention(q, k, v, sm, bm)
-    with torch.no_grad():  # the reference compiles inference only on the CPU, without lse
-        r_out = compiled_reference(q, k, v, sm, block_mask=rbm)
-    torch.testing.assert_close(out, r_out, atol=1e-5, rtol=1e-5)
-
-
-def test_paged_attention_equals_contiguous_exactly():
-    B, H, D, page = 3, 2, 16, 32
-    lens = torch.tensor([70, 100, 45])
-    T = int(lens.max())
-    pa = PagedAttention(n_pages=16, page_size=page, max_batch_size=B)
-    for step in range(0, T, page):  # interleaved growth scatters the pages
-        for b in range(B):
+def _paged_cache(lens, page, n_pages, H, D, order, seed):
+    """A PagedAttention whose sequences grow in `order` (interleaving their pages), the
+    contiguous k, v and the cache holding them."""
+    B, T = len(lens), max(lens)
+    pa = PagedAttention(n_pages=n_pages, page_size=page, max_batch_size=B)
+    for step in range(0, T, page):
+        for b in order:
             if step < lens[b]:
-                pa.reserve(b, min(step + page, int(lens[b])))
-    q, k, v = _qkv(B, H, H, T, T, D)
-    k_cache, v_cache = torch.zeros(1, H, 16 * page, D), torch.zeros(1, H, 16 * page, D)
+                pa.reserve(b, min(step + page, lens[b]))
+    q, k, v = _qkv(B, H, H, T, T, D, seed=seed)
+    k_cache, v_cache = torch.zeros(1, H, n_pages * page, D), torch.zeros(1, H, n_pages * page, D)
     for b in range(B):
-        n = int(lens[b])
+        n = lens[b]
         pos = torch.arange(n)[None]
         pa.assign(
             torch.tensor([b]), pos, k[b : b + 1, :, :n], v[b : b + 1, :, :n], k_cache, v_cache
         )
+    return pa, q, k, v, k_cache, v_cache
+
+
+def test_paged_attention_equals_contiguous():
+    lens = [70, 100, 45]
+    pa, q, k, v, k_cache, v_cache = _paged_cache(lens, 32, 16, 2, 16, range(3), seed=1)
+    lens_t = torch.tensor(lens)
 
     def in_seq(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (kv_idx < lens[b])
+        return (q_idx >= kv_idx) & (kv_idx < lens_t[b])
 
     for mm in (in_seq, and_masks(in_seq, make_sliding_window(40))):
-        bm = create_block_mask(mm, B, None, T, T, BLOCK_SIZE=page)
+        bm = create_block_mask(mm, 3, None, 100, 100, BLOCK_SIZE=32)
         pbm = pa.convert_logical_block_mask(bm)
         for sm in (None, make_softcap(3.0)):
             paged = flex_attention(q, k_cache, v_cache, sm, pbm)
-            # Bit for bit with the same (bucketed) plan; the contiguous layout's default
-            # plan (fused calls on views) rounds differently.
-            assert torch.equal(flex_attention(q, k, v, sm, bm, kernel_options=BUCKETS), paged)
-            torch.testing.assert_close(flex_attention(q, k, v, sm, bm), paged, atol=1e-6, rtol=0)
+            for plan in (None, "stream") if sm is None else ("stream",):
+                contiguous = flex_attention(q, k, v, sm, bm, kernel_options={"plan": plan})
+                torch.testing.assert_close(contiguous, paged, atol=1e-6, rtol=0)
     pa.erase(1)
     assert (pa.page_table[1] == -1).all() and len(pa.empty_pages) == 16 - 5
+
+
+@pytest.mark.parametrize("score", [None, make_softcap(3.0)])
+def test_paged_sequences_never_read_each_others_pages(score):
+    """Two sequences with interleaved pages, one BlockMask broadcast over both: sequence 0
+    reserved 2 pages, sequence 1 four (and page 0 is sequence 1's). Logical blocks 2 and 3
+    of sequence 0 have no page: they must not be read (they were clamped to page 0, and as
+    full blocks skipped the mask_mod, so sequence 0 attended to sequence 1's keys)."""
+    lens, page = [64, 128], 32
+    pa, q, k, v, k_cache, v_cache = _paged_cache(lens, page, 8, 2, 16, order=(1, 0), seed=2)
+    assert pa.page_table[1, 0] == 0 and pa.page_table[0, :2].tolist() == [1, 3]
+    bm = create_block_mask(noop_mask, None, None, 128, 128, BLOCK_SIZE=page)
+    pbm = pa.convert_logical_block_mask(bm)
+    assert pbm.full_kv_num_blocks[:, 0, 0].tolist() == [2, 4]
+    out = flex_attention(q, k_cache, v_cache, score, pbm)
+    for b, n in enumerate(lens):  # each sequence sees its own keys only
+        expected, _ = dense_flex_attention(
+            q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n], score
+        )
+        torch.testing.assert_close(out[b : b + 1], expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mask", ["causal", "sliding_window_8", "prefix_lm_6", "document_10"])
@@ -317,3 +294,29 @@ def test_smoke_preset_end_to_end(tmp_path):
     gap = next(r for c, r in by_claim.items() if c.startswith("max |loss"))
     assert gap.verdict == "pass" and gap.mean < 1e-3
     assert all(math.isfinite(r.mean) for r in results)
+
+
+def test_bad_plans_and_mods_are_clear_errors():
+    q, k, v = _qkv(1, 2, 2, 64, 64, 8)
+    bm = create_block_mask(make_causal(), None, None, 64, 64, BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="must be 'calls' or 'stream'"):
+        flex_attention(q, k, v, block_mask=bm, kernel_options={"plan": "buckets"})
+    with pytest.raises(ValueError, match="without a score_mod only"):
+        flex_attention(q, k, v, make_softcap(2.0), bm, kernel_options={"plan": "calls"})
+
+    def checkerboard(b, h, q_idx, kv_idx):  # blocks on 16 diagonals: too many calls
+        return (q_idx // 16 + kv_idx // 16) % 2 == 0
+
+    scattered = create_block_mask(checkerboard, None, None, 256, 256, BLOCK_SIZE=16)
+    q2, k2, v2 = _qkv(1, 2, 2, 256, 256, 8)
+    with pytest.raises(ValueError, match="too many fused calls"):
+        flex_attention(q2, k2, v2, block_mask=scattered, kernel_options={"plan": "calls"})
+    exp, _ = dense_flex_attention(q2, k2, v2, None, checkerboard)  # the default: stream
+    torch.testing.assert_close(flex_attention(q2, k2, v2, block_mask=scattered), exp)
+    table = torch.zeros(3)
+
+    def reads_past_table(score, b, h, q_idx, kv_idx):
+        return score + table[q_idx + 5]
+
+    with pytest.raises(ValueError, match="failed on scalar indices"):
+        flex_attention(q.requires_grad_(), k, v, reads_past_table, bm)

@@ -1,12 +1,19 @@
-"""The Triton FlexAttention forward under TRITON_INTERPRET=1, against the CPU path and the
-dense oracle. Tiny shapes: the interpreter runs every program in Python."""
+"""The Triton FlexAttention kernels under TRITON_INTERPRET=1, against the CPU path and the
+dense oracle. Tiny shapes: the interpreter runs every program in Python.
 
-import os
+The interpreter flag is set by a fixture for this module's tests only, not for the pytest
+process: triton reads it when a function is decorated (its own library functions at
+import), so the fixture imports triton and the kernel modules afresh under the flag and
+puts the original modules back afterwards. (Module scope: re-importing triton per test
+would cost about a second each.)
+"""
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (and the kernel module) is imported
+import importlib
+import sys
+import warnings
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'triton>=3.4,<3.9')")
 
@@ -23,9 +30,41 @@ from minirepro.papers.flexattn import (  # noqa: E402
     noop_mask,
     parse_variant,
 )
+from minirepro.papers.flexattn.masks import (  # noqa: E402
+    compose_score_mods,
+    offset_mask,
+    offset_score,
+    or_masks,
+)
 from minirepro.papers.flexattn.reference import dense_flex_attention  # noqa: E402
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("interpreted_triton")]
+
+
+def _triton_modules() -> dict:
+    """triton's Python modules and ours that import it (not its C extension)."""
+    ours = ("minirepro.papers.flexattn.triton_kernel", "minirepro.papers.flexattn.triton_bwd")
+    return {
+        name: module
+        for name, module in sys.modules.items()
+        if name in ours or (name.split(".")[0] == "triton" and not name.startswith("triton._C"))
+    }
+
+
+@pytest.fixture(scope="module")
+def interpreted_triton():
+    """TRITON_INTERPRET=1 for this module's tests, triton decorated under it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        original = _triton_modules()
+        for name in original:
+            del sys.modules[name]
+        importlib.import_module("triton")
+        yield
+        for name in _triton_modules():
+            del sys.modules[name]
+        sys.modules.update(original)
+
 
 TRITON = {"backend": "triton"}
 
@@ -111,7 +150,7 @@ def _torch_call(score, b, h, q_idx, kv_idx):
         (_unsupported_capture(), noop_mask, "captures 'bias'"),
         (_torch_call, noop_mask, "calls torch"),
         (None, lambda b, h, q, kv: q >= kv, "only `def` functions"),
-        (None, and_masks(make_causal(), make_prefix_lm(4)), "captures 'mask_mods'"),
+        (None, and_masks(make_document([0, 9, 32]), make_document([0, 20, 32])), "capture tensors"),
     ],
 )
 def test_unsupported_mods_raise_value_error(score_mod, mask_mod, match):
@@ -188,3 +227,90 @@ def test_backward_without_known_derivative_raises():
     with torch.no_grad():  # the forward alone works
         out = flex_attention(q, k, v, scaled, bm, kernel_options=TRITON)
     torch.testing.assert_close(out, dense_flex_attention(q, k, v, scaled, make_causal())[0])
+
+
+# --------------------------------------------------------------------------- compositions
+
+
+def look_back_16(b, h, q_idx, kv_idx):
+    return q_idx - kv_idx <= 16
+
+
+def shift(score, b, h, q_idx, kv_idx):
+    return score + 0.05 * (q_idx - kv_idx)
+
+
+shift.score_grad = _one
+
+COMPOSED = {
+    # mask_mod, score_mod, (S, T): and/or masks, "+"-joined variants, the core model's
+    # KV-cache offset (S < T, queries from position T - S), composed / offset score_mods
+    "and": (and_masks(make_causal(), look_back_16), None, (77, 77)),
+    "or": (or_masks(make_prefix_lm(9), make_sliding_window(5)), None, (77, 77)),
+    "and_document": (and_masks(make_document([0, 30, 77]), look_back_16), None, (77, 77)),
+    "variant_plus": (*parse_variant("document_24+sliding_window_10+softcap_3"), (77, 77)),
+    "offset_decode": (
+        offset_mask(make_sliding_window(20), 60),
+        offset_score(make_alibi(2), 60),
+        (17, 77),
+    ),
+    "chain": (make_causal(), compose_score_mods(make_softcap(3.0), shift), (50, 50)),
+}
+
+
+@pytest.mark.parametrize("case", COMPOSED)
+def test_composed_mods_run_on_triton(case):
+    """Composed mods compile to one generated jit function (they raised before); forward
+    and backward against the dense oracle."""
+    mm, sm, (S, T) = COMPOSED[case]
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 2, 1, S, T, 16, seed=len(case)))
+    bm = create_block_mask(mm, None, None, S, T, BLOCK_SIZE=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback: the Triton kernel itself ran
+        out, lse = flex_attention(
+            q, k, v, sm, bm, enable_gqa=True, return_lse=True, kernel_options=TRITON
+        )
+    ref_out, ref_lse = dense_flex_attention(q, k, v, sm, mm)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(ref_out, (q, k, v), do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mask", ["sliding_window_6+softcap_5", "document_12"])
+def test_core_model_decodes_with_the_kv_cache_on_triton(mask):
+    """The core model's KV-cache decoding (offset_mask / offset_score compositions) on the
+    Triton kernel equals the dense oracle's full forward."""
+    from minirepro.core.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, d_model=32, mask=mask)
+    options = {"flex_block_size": 16, "flex_kernel_options": TRITON}
+    flex = Transformer(ModelConfig(attention="flex", mixer_kwargs=options, **kw))
+    dense = Transformer(ModelConfig(attention="flex_dense", **kw))
+    dense.load_state_dict(flex.state_dict())
+    x = torch.randint(0, 32, (1, 20))
+    cache = flex.new_cache(1, 20)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the Triton kernel ran, no fallback
+        logits = [flex(x[:, :16], cache=cache)]
+        logits += [flex(x[:, t : t + 1], cache=cache) for t in range(16, 20)]
+        torch.testing.assert_close(torch.cat(logits, 1), dense(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_falls_back_to_the_stream_strategy_for_mods_triton_cannot_compile():
+    """Without an explicit backend (CUDA inputs), a mod the kernel cannot compile runs on
+    the torch stream strategy with a warning instead of raising."""
+    from minirepro.papers.flexattn.api import _triton
+
+    q, k, v = _qkv(1, 2, 2, 32, 32, 16, 0)
+    bm = create_block_mask(
+        lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, 32, 32, BLOCK_SIZE=16
+    )
+    with pytest.warns(UserWarning, match="stream strategy"):
+        assert _triton(q, k, v, None, bm, 0.25, {}) is None
+    with pytest.raises(ValueError, match="only `def` functions"):
+        _triton(q, k, v, None, bm, 0.25, TRITON)

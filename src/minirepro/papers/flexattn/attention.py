@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from minirepro.core.model import AttentionFn, ModelConfig, register_attention
+from minirepro.papers.flexattn.api import flex_attention
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask
-from minirepro.papers.flexattn.cpu import flex_attention
-from minirepro.papers.flexattn.masks import offset_mask, parse_variant
+from minirepro.papers.flexattn.masks import ScoreMod, offset_mask, offset_score, parse_variant
 from minirepro.papers.flexattn.reference import dense_flex_attention
 
 # Block size for model use: the sequences of small models are short, so 128-token blocks
@@ -22,9 +22,14 @@ DEFAULT_MODEL_BLOCK = 64
 
 
 def flex_factory(cfg: ModelConfig) -> AttentionFn:
+    """`mixer_kwargs`: "flex_block_size" (default 64), "flex_kernel_options" (passed to
+    `flex_attention`, e.g. {"backend": "triton"})."""
     mask_mod, score_mod = parse_variant(cfg.mask, n_head=cfg.n_head)
     block = int(cfg.mixer_kwargs.get("flex_block_size", DEFAULT_MODEL_BLOCK))
-    cache: dict[tuple[int, int, int], BlockMask] = {}
+    options = cfg.mixer_kwargs.get("flex_kernel_options")
+    # (S, T, q_start) -> BlockMask and score_mod, one pair shared by every layer (the same
+    # objects each step: a kernel compiled for them is reused).
+    cache: dict[tuple[int, int, int], tuple[BlockMask, ScoreMod | None]] = {}
 
     def flex(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
         S, T = q.shape[2], k.shape[2]
@@ -32,29 +37,16 @@ def flex_factory(cfg: ModelConfig) -> AttentionFn:
         if key not in cache:
             if len(cache) > 8:  # decoding makes one per step; keep the recent few
                 cache.pop(next(iter(cache)))
-            cache[key] = create_block_mask(
+            bm = create_block_mask(
                 offset_mask(mask_mod, q_start), None, None, S, T, device=q.device, BLOCK_SIZE=block
             )
+            cache[key] = (bm, offset_score(score_mod, q_start))
+        bm, sm = cache[key]
         return flex_attention(
-            q,
-            k,
-            v,
-            score_mod=_offset_score(score_mod, q_start),
-            block_mask=cache[key],
-            enable_gqa=q.shape[1] != k.shape[1],
+            q, k, v, sm, bm, enable_gqa=q.shape[1] != k.shape[1], kernel_options=options
         )
 
     return flex
-
-
-def _offset_score(score_mod, q_start: int):
-    if score_mod is None or q_start == 0:
-        return score_mod
-
-    def shifted(score, b, h, q_idx, kv_idx):
-        return score_mod(score, b, h, q_idx + q_start, kv_idx)
-
-    return shifted
 
 
 def dense_factory(cfg: ModelConfig) -> AttentionFn:
@@ -63,7 +55,7 @@ def dense_factory(cfg: ModelConfig) -> AttentionFn:
 
     def flex_dense(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
         out, _ = dense_flex_attention(
-            q, k, v, _offset_score(score_mod, q_start), offset_mask(mask_mod, q_start)
+            q, k, v, offset_score(score_mod, q_start), offset_mask(mask_mod, q_start)
         )
         return out
 

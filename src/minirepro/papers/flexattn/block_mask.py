@@ -24,6 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minirepro.papers.flexattn.masks import MaskMod, noop_mask
+from minirepro.papers.flexattn.mods import (
+    is_broadcastable,
+    mark_broadcastable,
+    mask_values,
+    score_values,
+)
 
 __all__ = ["BlockMask", "create_block_mask", "create_mask", "evaluate_mask"]
 
@@ -33,14 +39,15 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 def evaluate_mask(mask_mod: MaskMod, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-    """mask_mod on the grid b x h x q_idx x kv_idx (1-D index tensors).
+    """mask_mod on the grid b x h x q_idx x kv_idx (1-D index tensors), torch's semantics.
 
     Returns:
         A bool tensor broadcastable to (len(b), len(h), len(q_idx), len(kv_idx)); size-1
-        dims stay size 1 where mask_mod does not depend on them (no copy).
+        dims stay size 1 where a broadcastable mask_mod does not depend on them (no copy).
     """
-    out = mask_mod(b[:, None, None, None], h[None, :, None, None], q_idx[:, None], kv_idx)
-    out = torch.as_tensor(out, device=q_idx.device)
+    out = mask_values(
+        mask_mod, b[:, None, None, None], h[None, :, None, None], q_idx[:, None], kv_idx
+    )
     while out.dim() < 4:
         out = out.unsqueeze(0)
     return out.to(torch.bool)
@@ -62,7 +69,9 @@ def create_mask(
     q, kv = torch.arange(Q_LEN, device=device), torch.arange(KV_LEN, device=device)
     if _is_score_mod(mod_fn):
         zeros = torch.zeros(B, H, Q_LEN, KV_LEN, device=device)
-        out = mod_fn(zeros, b[:, None, None, None], h[None, :, None, None], q[:, None], kv)
+        out = score_values(
+            mod_fn, zeros, b[:, None, None, None], h[None, :, None, None], q[:, None], kv
+        )
         return ~torch.isneginf(out.expand(B, H, Q_LEN, KV_LEN))
     return evaluate_mask(mod_fn, b, h, q, kv).expand(B, H, Q_LEN, KV_LEN).contiguous()
 
@@ -144,10 +153,59 @@ class BlockMask:
         self.full_q_indices = full_q_indices
         self.BLOCK_SIZE = tuple(BLOCK_SIZE)
         self.mask_mod = mask_mod
-        self._cache: dict[Any, Any] = {}  # execution plans of the kernels (cpu.py)
-        # Order in which kernels visit key blocks: (batch, block) -> sort key. Paged masks
-        # keep the logical order so results equal the non-paged ones bit for bit.
-        self._block_order: Any = None
+        self._cache: dict[Any, Any] = {}  # written only by `cached`
+
+    def cached(self, key: Any, build: Any) -> Any:
+        """`build()` once per key for this mask: the kernels' execution plans live here.
+
+        A BlockMask is built once and reused for many calls (every layer, every step), so
+        what the kernels derive from it is kept with it; the mask is immutable after
+        construction, which makes that safe.
+        """
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def __getitem__(self, index: Any) -> BlockMask:
+        """The BlockMask of some batches / heads / query blocks, as torch's indexing.
+
+        An int keeps its dim (size 1), as torch's does. Where only batch and head are
+        indexed, the new mask_mod maps the new (b, h) back to the original ones, so the
+        result still works with `flex_attention`; after indexing query blocks, calling
+        its mask_mod raises (torch's behaviour).
+        """
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > 3:
+            raise IndexError(
+                f"a BlockMask takes at most 3 indices (batch, head, q block), got {len(index)}"
+            )
+        padded = (*index, slice(None), slice(None), slice(None))[:3]
+        sizes = self.kv_num_blocks.shape[:3]
+        index = tuple(
+            slice(i % n, i % n + 1) if isinstance(i, int) else i for i, n in zip(padded, sizes)
+        )
+        for i, n in zip(padded, sizes):
+            if isinstance(i, int) and not -n <= i < n:
+                raise IndexError(f"index {i} is out of range for a BlockMask dim of size {n}")
+
+        def pick(x):
+            return None if x is None else x[index]
+
+        mask_mod = _sliced_mask_mod_error
+        if isinstance(index[2], slice) and index[2] == slice(None):
+            b_of = torch.arange(sizes[0])[index[0]]
+            h_of = torch.arange(sizes[1])[index[1]]
+            mask_mod = _remap_batch_head(self.mask_mod, b_of, h_of, self.kv_num_blocks.shape[:2])
+        return BlockMask.from_kv_blocks(
+            pick(self.kv_num_blocks),
+            pick(self.kv_indices),
+            pick(self.full_kv_num_blocks),
+            pick(self.full_kv_indices),
+            BLOCK_SIZE=self.BLOCK_SIZE,
+            mask_mod=mask_mod,
+            seq_lengths=self.seq_lengths,
+            compute_q_blocks=self.q_indices is not None,
+        )
 
     @classmethod
     def from_kv_blocks(
@@ -294,6 +352,31 @@ class BlockMask:
             BLOCK_SIZE=self.BLOCK_SIZE,
             mask_mod=self.mask_mod,
         )
+
+
+def _sliced_mask_mod_error(b, h, q_idx, kv_idx):
+    raise RuntimeError(
+        "this BlockMask was indexed along its query blocks: its mask_mod no longer matches "
+        "the positions; build a new BlockMask with create_block_mask"
+    )
+
+
+def _remap_batch_head(mask_mod: MaskMod, b_of: Tensor, h_of: Tensor, sizes) -> MaskMod:
+    """mask_mod of an indexed BlockMask: new batch/head b, h -> the original b_of[b], h_of[h].
+
+    A size-1 dim of the original mask broadcast over every batch/head: its mod is called
+    with the caller's index unchanged there.
+    """
+    if sizes[0] == 1 and sizes[1] == 1:
+        return mask_mod
+
+    def indexed(b, h, q_idx, kv_idx):
+        b = b if sizes[0] == 1 else b_of.to(b.device)[b]
+        h = h if sizes[1] == 1 else h_of.to(h.device)[h]
+        return mask_mod(b, h, q_idx, kv_idx)
+
+    indexed.__name__ = getattr(mask_mod, "__name__", "mask") + "_indexed"
+    return mark_broadcastable(indexed) if is_broadcastable(mask_mod) else indexed
 
 
 _TENSOR_ATTRS = (

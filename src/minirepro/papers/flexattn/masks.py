@@ -2,10 +2,10 @@
 
 A `mask_mod(b, h, q_idx, kv_idx) -> bool` says whether query `q_idx` may attend to key
 `kv_idx` in batch `b`, head `h`; a `score_mod(score, b, h, q_idx, kv_idx) -> score` rewrites
-one pre-softmax score. Both are called on broadcastable integer tensors (shapes such as
-(B, 1, 1, 1), (1, H, 1, 1), (1, 1, Sq, 1), (1, 1, 1, Skv)), so any vectorised torch
-expression works. Factories are named `make_<variant>` and set `__name__` so tables and
-plots label themselves (attention-gym's habit).
+one pre-softmax score. Both are functions of scalar indices, vectorised with `torch.vmap`
+as torch does (`mods.py`); the variants here are also correct on broadcast index tensors
+and say so (`mark_broadcastable`), which lets them skip vmap. Factories are named
+`make_<variant>` and set `__name__` so tables and plots label themselves (attention-gym's habit).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from minirepro.papers.flexattn.mods import is_broadcastable, mark_broadcastable
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -31,19 +33,25 @@ __all__ = [
     "make_softcap",
     "noop_mask",
     "offset_mask",
+    "offset_score",
     "or_masks",
     "parse_variant",
 ]
 
 
+@mark_broadcastable
 def noop_mask(batch: Tensor, head: Tensor, token_q: Tensor, token_kv: Tensor) -> Tensor:
     """Every query sees every key (the reference's `noop_mask`)."""
     return batch.new_ones(size=(), dtype=torch.bool, device=batch.device)
 
 
-def _named(fn, name: str):
+def _named(fn, name: str, broadcastable: bool = True):
     fn.__name__ = fn.__qualname__ = name
-    return fn
+    return mark_broadcastable(fn) if broadcastable else fn
+
+
+def _all_broadcastable(mods) -> bool:
+    return all(is_broadcastable(m) for m in mods)
 
 
 def or_masks(*mask_mods: MaskMod) -> MaskMod:
@@ -57,7 +65,7 @@ def or_masks(*mask_mods: MaskMod) -> MaskMod:
             result = result | mask(b, h, q_idx, kv_idx)
         return result
 
-    return or_mask
+    return _named(or_mask, "or_mask", _all_broadcastable(mask_mods))
 
 
 def and_masks(*mask_mods: MaskMod) -> MaskMod:
@@ -71,7 +79,7 @@ def and_masks(*mask_mods: MaskMod) -> MaskMod:
             result = result & mask(b, h, q_idx, kv_idx)
         return result
 
-    return and_mask
+    return _named(and_mask, "and_mask", _all_broadcastable(mask_mods))
 
 
 def offset_mask(mask_mod: MaskMod, q_offset: int) -> MaskMod:
@@ -82,7 +90,20 @@ def offset_mask(mask_mod: MaskMod, q_offset: int) -> MaskMod:
     def shifted(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return mask_mod(b, h, q_idx + q_offset, kv_idx)
 
-    return _named(shifted, f"{getattr(mask_mod, '__name__', 'mask')}_from_{q_offset}")
+    name = f"{getattr(mask_mod, '__name__', 'mask')}_from_{q_offset}"
+    return _named(shifted, name, is_broadcastable(mask_mod))
+
+
+def offset_score(score_mod: ScoreMod | None, q_offset: int) -> ScoreMod | None:
+    """`score_mod` for queries that start at position `q_offset`."""
+    if score_mod is None or q_offset == 0:
+        return score_mod
+
+    def shifted_score(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor):
+        return score_mod(score, b, h, q_idx + q_offset, kv_idx)
+
+    name = f"{getattr(score_mod, '__name__', 'score')}_from_{q_offset}"
+    return _named(shifted_score, name, is_broadcastable(score_mod))
 
 
 # --------------------------------------------------------------------------- masks
@@ -94,7 +115,7 @@ def make_causal() -> MaskMod:
     def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return q_idx >= kv_idx
 
-    return causal
+    return _named(causal, "causal")
 
 
 def make_sliding_window(window: int) -> MaskMod:
@@ -187,7 +208,7 @@ def compose_score_mods(*mods: ScoreMod) -> ScoreMod | None:
             score = mod(score, b, h, q_idx, kv_idx)
         return score
 
-    return _named(composed, "+".join(m.__name__ for m in mods))
+    return _named(composed, "+".join(m.__name__ for m in mods), _all_broadcastable(mods))
 
 
 # --------------------------------------------------------------------------- names
@@ -268,7 +289,8 @@ def parse_variant(name: str, n_head: int | None = None) -> tuple[MaskMod, ScoreM
     elif len(masks) == 1:
         mask = masks[0]
     else:
-        mask = _named(and_masks(*masks), "+".join(m.__name__ for m in masks))
+        mask = and_masks(*masks)
+        mask = _named(mask, "+".join(m.__name__ for m in masks), is_broadcastable(mask))
     return mask, compose_score_mods(*mods)
 
 

@@ -7,9 +7,10 @@ table. `convert_logical_block_mask` rewrites a BlockMask built for the logical (
 layout into one over the physical cache (page_size == the key block size), with a mask_mod
 that maps physical positions back to logical ones — so FlexAttention runs on the cache
 directly, no gather into contiguous memory. The attention-gym design, with the paper's
-claim that it costs little; here the output equals the non-paged output of the same
-(bucketed) CPU plan bit for bit (the physical BlockMask keeps the logical order of key
-blocks, see `BlockMask._block_order`).
+claim that it costs little. The physical lists keep the logical order of key blocks, so
+the streaming CPU strategy visits them in the same order as for the contiguous layout.
+A listed logical block with no reserved page is dropped (attention-gym clamps it to page
+0, where a full block would read another sequence's keys).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from minirepro.papers.flexattn.block_mask import BlockMask
 from minirepro.papers.flexattn.masks import MaskMod
+from minirepro.papers.flexattn.mods import is_broadcastable, mark_broadcastable
 
 __all__ = ["PagedAttention"]
 
@@ -91,9 +93,16 @@ class PagedAttention:
             k_cache[0, :, pos[b]] = k_val[b]
             v_cache[0, :, pos[b]] = v_val[b]
 
-    def get_mask_mod(self, mask_mod: MaskMod, kv_len: int | None = None) -> MaskMod:
-        """mask_mod over physical key positions: maps them to logical ones (False if none)."""
+    def get_mask_mod(
+        self, mask_mod: MaskMod, kv_len: int | None = None, batch_idx: Tensor | None = None
+    ) -> MaskMod:
+        """mask_mod over physical key positions: maps them to logical ones (False if none).
+
+        Batch row b of the mask is sequence `batch_idx[b]` (b itself by default).
+        """
         page_size, to_logical = self.page_size, self.physical_to_logical
+        if batch_idx is not None:
+            to_logical = to_logical[batch_idx]
 
         def paged_mask(b: Tensor, h: Tensor, q_idx: Tensor, physical_kv_idx: Tensor) -> Tensor:
             logical_page = to_logical[b, physical_kv_idx // page_size]
@@ -104,7 +113,7 @@ class PagedAttention:
             return ok & mask_mod(b, h, q_idx, logical_kv.clamp(min=0))
 
         paged_mask.__name__ = f"paged_{getattr(mask_mod, '__name__', 'mask')}"
-        return paged_mask
+        return mark_broadcastable(paged_mask) if is_broadcastable(mask_mod) else paged_mask
 
     def convert_logical_block_mask(
         self, block_mask: BlockMask, batch_idx: Tensor | None = None
@@ -126,27 +135,33 @@ class PagedAttention:
         table = self.page_table[batch_idx]  # (B, n_pages)
 
         def to_physical(num: Tensor | None, idx: Tensor | None):
+            """Logical block lists -> physical ones, blocks without a reserved page dropped.
+
+            A listed logical block whose page is not reserved holds none of this
+            sequence's keys: reading any page in its place (a full block skips mask_mod)
+            would show it another sequence's keys, so it is left out of the lists.
+            """
             if num is None:
                 return None, None
             H, rows, cols = idx.shape[1:]
-            num = num.expand(B, H, rows).clone()
-            logical = idx.expand(B, H, rows, cols).long()
+            num, logical = num.expand(B, H, rows), idx.expand(B, H, rows, cols).long()
             physical = torch.gather(table, 1, logical.reshape(B, -1)).view(B, H, rows, cols)
+            listed = torch.arange(cols) < num[..., None]
+            keep = listed & (physical >= 0)
+            order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)  # kept first
+            physical = torch.gather(physical.clamp(min=0), -1, order)
             out = torch.zeros(B, H, rows, self.n_pages, dtype=torch.int32)
-            out[..., :cols] = physical.clamp(min=0).to(torch.int32)
-            return num, out
+            out[..., :cols] = physical.to(torch.int32)
+            return keep.sum(-1, dtype=torch.int32), out
 
         num, idx = to_physical(block_mask.kv_num_blocks, block_mask.kv_indices)
         fnum, fidx = to_physical(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
-        bm = BlockMask.from_kv_blocks(
+        return BlockMask.from_kv_blocks(
             num,
             idx,
             fnum,
             fidx,
             BLOCK_SIZE=block_mask.BLOCK_SIZE,
-            mask_mod=self.get_mask_mod(block_mask.mask_mod, block_mask.seq_lengths[1]),
+            mask_mod=self.get_mask_mod(block_mask.mask_mod, block_mask.seq_lengths[1], batch_idx),
             seq_lengths=(block_mask.seq_lengths[0], self.n_pages * self.page_size),
         )
-        logical_of = self.physical_to_logical[batch_idx]
-        bm._block_order = lambda b, page: int(logical_of[b, page])
-        return bm

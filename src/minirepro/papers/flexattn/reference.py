@@ -12,6 +12,7 @@ from torch import Tensor
 
 from minirepro.papers.flexattn.block_mask import create_mask
 from minirepro.papers.flexattn.masks import MaskMod, ScoreMod, noop_mask
+from minirepro.papers.flexattn.mods import score_values
 
 
 def dense_flex_attention(
@@ -26,8 +27,8 @@ def dense_flex_attention(
 
     Args:
         query: (B, H, S, D). key, value: (B, H_kv, T, D), H a multiple of H_kv.
-        score_mod: Applied to the scaled scores.
-        mask_mod: Evaluated on the full (B, H, S, T) grid.
+        score_mod: Applied to the scaled scores (torch's semantics, `mods.py`).
+        mask_mod: Evaluated on the full (B, H, S, T) grid (likewise).
         scale: 1/sqrt(D) by default.
 
     Returns:
@@ -42,7 +43,7 @@ def dense_flex_attention(
     if score_mod is not None:
         b = torch.arange(B)[:, None, None, None]
         h = torch.arange(H)[None, :, None, None]
-        scores = score_mod(scores, b, h, torch.arange(S)[:, None], torch.arange(T))
+        scores = score_values(score_mod, scores, b, h, torch.arange(S)[:, None], torch.arange(T))
     mask = create_mask(mask_mod, B, H, S, T, device=query.device)
     scores = scores.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)

@@ -22,8 +22,8 @@ from minirepro.core.bench import first_call_time, ratio, time_contenders
 from minirepro.core.model import ModelConfig, Transformer
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.train import TrainConfig, train
+from minirepro.papers.flexattn.api import flex_attention
 from minirepro.papers.flexattn.block_mask import create_block_mask, create_mask
-from minirepro.papers.flexattn.cpu import flex_attention
 from minirepro.papers.flexattn.masks import make_sliding_window
 
 CLAIMS = [

@@ -21,6 +21,8 @@ would need them. Gradients of tensors captured by the score_mod are not computed
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,10 @@ from torch import Tensor
 from minirepro.papers.flexattn.block_mask import BlockMask, _transpose_ordered
 
 __all__ = ["TritonFlexFunction", "score_mod_grad"]
+
+
+# composed score_mod -> its generated derivative (None: 1); weak so mods can be freed
+_GRADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @triton.jit
@@ -50,12 +56,31 @@ def score_mod_grad(score_mod, score_fn):
     Raises:
         NotImplementedError: The kernel has no derivative for this score_mod.
     """
-    from minirepro.papers.flexattn.triton_kernel import _alibi, _jit_user_fn, _softcap
+    from minirepro.papers.flexattn.triton_kernel import (
+        _alibi,
+        _compose,
+        _jit_user_fn,
+        _softcap,
+        _translate,
+        composition,
+    )
 
     if score_fn is None or score_fn is _alibi:
         return None
     if score_fn is _softcap:
         return _softcap_grad
+    comp = composition(score_mod)
+    if comp is not None:  # offset or chain of known derivatives, generated once per mod
+        if score_mod not in _GRADS:
+            parts = [_translate(p, "score_mod", "cpu", 0, 0) for p in comp[1]]
+            grads = [score_mod_grad(p, fn) for p, (fn, _) in zip(comp[1], parts)]
+            if all(g is None for g in grads):
+                _GRADS[score_mod] = None
+            elif comp[0] == "offset":
+                _GRADS[score_mod] = _compose(score_mod, [(grads[0], parts[0][1])])
+            else:
+                _GRADS[score_mod] = _compose(score_mod, parts, grads)
+        return _GRADS[score_mod]
     declared = getattr(score_mod, "score_grad", None)
     if declared is not None:
         return _jit_user_fn(declared, "score_grad")
@@ -63,7 +88,7 @@ def score_mod_grad(score_mod, score_fn):
     raise NotImplementedError(
         f"the Triton backward has no derivative for score_mod {name!r}: it knows make_alibi "
         "and make_softcap, or a `score_grad` attribute on the score_mod (a def returning "
-        "d score_mod / d score); otherwise use CPU tensors (cpu.py differentiates any "
+        "d score_mod / d score); otherwise use CPU tensors (the stream strategy differentiates any "
         "score_mod) or run the Triton kernel under torch.no_grad()"
     )
 

@@ -3,7 +3,7 @@
 One program per (query block, batch·head). It walks the query block's *full* key blocks
 (`full_kv_indices`, no mask_mod) and then its *partial* ones (`kv_indices`, mask_mod on the
 tile), with an fp32 online softmax, and writes out (B, H, S, Dv) and the natural-log LSE
-(B, H, S) fp32, as `cpu.py` does. Rows with no allowed key give out = 0, lse = -inf.
+(B, H, S) fp32, as the CPU path does. Rows with no allowed key give out = 0, lse = -inf.
 GQA reads kv head h // group; lengths need not be multiples of the block (bounds masks).
 
 score_mod / mask_mod enter the kernel as `tl.constexpr` functions wrapped by `triton.jit`
@@ -24,6 +24,7 @@ The backward (dq, dk, dv) is in `triton_bwd.py`; a call that needs gradients goe
 from __future__ import annotations
 
 import inspect
+import linecache
 import types
 import weakref
 from typing import Any
@@ -34,13 +35,25 @@ import triton.language as tl
 from torch import Tensor
 
 from minirepro.papers.flexattn.block_mask import BlockMask
-from minirepro.papers.flexattn.masks import make_alibi, make_document, make_softcap, noop_mask
+from minirepro.papers.flexattn.masks import (
+    and_masks,
+    compose_score_mods,
+    make_alibi,
+    make_document,
+    make_softcap,
+    noop_mask,
+    offset_mask,
+    offset_score,
+    or_masks,
+)
 
-__all__ = ["triton_flex_attention"]
+__all__ = ["UnsupportedMod", "triton_flex_attention"]
 
 SUPPORTED = (
     "pure index arithmetic/comparisons with captured Python scalars (causal, sliding window, "
-    "prefix LM, document_<len>, per-head), noop_mask, make_document, make_alibi, make_softcap"
+    "prefix LM, document_<len>, per-head), noop_mask, make_document, make_alibi, make_softcap, "
+    "and and_masks / or_masks / offset_mask / composed score_mods of these (at most one part "
+    "capturing a tensor)"
 )
 
 
@@ -71,12 +84,21 @@ def _softcap(score, b, h, q_idx, kv_idx, cap):
     return cap * tl.where(x < 0, -th, th)
 
 
+@triton.jit
+def _always(b, h, q_idx, kv_idx):
+    return (q_idx >= 0) | (kv_idx >= 0)
+
+
 _DOC_CODE = make_document([0, 1]).__code__
 _ALIBI_CODE = make_alibi(1).__code__
 _SOFTCAP_CODE = make_softcap(1.0).__code__
 
 # user function -> (jitted function, aux argument or None); weak so masks can be freed
 _JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class UnsupportedMod(ValueError):
+    """A mask_mod / score_mod (or block size) the Triton kernel cannot compile."""
 
 
 def _closure(fn) -> dict[str, Any]:
@@ -89,7 +111,7 @@ def _jit_user_fn(fn, kind: str):
     """`triton.jit` of a copy of `fn` whose captured scalars are constexprs."""
     name = getattr(fn, "__name__", repr(fn))
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
-        raise ValueError(
+        raise UnsupportedMod(
             f"{kind} {name!r} cannot run in the Triton kernel: only `def` functions can be "
             f"traced by triton.jit. Supported: {SUPPORTED}"
         )
@@ -98,7 +120,7 @@ def _jit_user_fn(fn, kind: str):
         if isinstance(val, bool | int | float):
             val = tl.constexpr(val)
         elif not isinstance(val, tl.constexpr):
-            raise ValueError(
+            raise UnsupportedMod(
                 f"{kind} {name!r} captures {var!r} ({type(val).__name__}); the Triton kernel "
                 f"supports captured Python scalars only (and the library's tensor-capturing "
                 f"mods). Supported: {SUPPORTED}"
@@ -106,7 +128,7 @@ def _jit_user_fn(fn, kind: str):
         cells.append(types.CellType(val))
         consts[var] = val
     if "torch" in fn.__code__.co_names:
-        raise ValueError(
+        raise UnsupportedMod(
             f"{kind} {name!r} calls torch, which Triton cannot trace; use arithmetic, "
             f"comparisons, & and |. Supported: {SUPPORTED}"
         )
@@ -121,12 +143,14 @@ def _jit_user_fn(fn, kind: str):
         inspect.getsource(copy)
         return triton.jit(copy)
     except (OSError, TypeError) as e:
-        raise ValueError(f"{kind} {name!r} has no source for triton.jit: {e}") from e
+        raise UnsupportedMod(f"{kind} {name!r} has no source for triton.jit: {e}") from e
 
 
 def _translate(fn, kind: str, device, n_pos: int, n_head: int) -> tuple[Any, Any]:
     """(jitted fn, aux) for the kernel: aux is a tensor/float passed as the last argument."""
     code = getattr(fn, "__code__", None)
+    if fn is noop_mask:
+        return _always, None
     if fn in _JITTED:
         jitted, aux = _JITTED[fn]
     else:
@@ -138,16 +162,106 @@ def _translate(fn, kind: str, device, n_pos: int, n_head: int) -> tuple[Any, Any
             jitted, aux = _alibi, env["slopes"].to(torch.float32)
         elif code is _SOFTCAP_CODE:
             jitted, aux = _softcap, float(env["cap"])
+        elif composition(fn) is not None:
+            parts = [_translate(p, kind, "cpu", 0, 0) for p in composition(fn)[1]]
+            jitted, aux = _compose(fn, parts), next((a for _, a in parts if a is not None), None)
         else:
             jitted, aux = _jit_user_fn(fn, kind), None
         _JITTED[fn] = (jitted, aux)
+    _check_sizes(fn, n_pos, n_head)
     if isinstance(aux, Tensor):
-        if code is _DOC_CODE and aux.numel() < n_pos:
-            raise ValueError(f"make_document covers {aux.numel()} positions, inputs need {n_pos}")
-        if code is _ALIBI_CODE and aux.numel() < n_head:
-            raise ValueError(f"make_alibi({aux.numel()}) has too few slopes for {n_head} heads")
         aux = aux.to(device)
     return jitted, aux
+
+
+def _check_sizes(fn, n_pos: int, n_head: int) -> None:
+    """ValueError where a library mod (composed or not) is too small for the inputs."""
+    if composition(fn) is not None:
+        for part in composition(fn)[1]:
+            _check_sizes(part, n_pos, n_head)
+        return
+    code = getattr(fn, "__code__", None)
+    if code is _DOC_CODE and (n := _closure(fn)["doc_id"].numel()) < n_pos:
+        raise ValueError(f"make_document covers {n} positions, inputs need {n_pos}")
+    if code is _ALIBI_CODE and (n := _closure(fn)["slopes"].numel()) < n_head:
+        raise ValueError(f"make_alibi({n}) has too few slopes for {n_head} heads")
+
+
+# --------------------------------------------------------------------------- composition
+
+_AND_CODE = and_masks(noop_mask).__code__
+_OR_CODE = or_masks(noop_mask).__code__
+_OFFSET_MASK_CODE = offset_mask(noop_mask, 1).__code__
+_OFFSET_SCORE_CODE = offset_score(make_softcap(1.0), 1).__code__
+_CHAIN_CODE = compose_score_mods(make_softcap(1.0), make_softcap(2.0)).__code__
+_COMPOSED: dict[int, int] = {}  # generated function count, for unique names
+
+
+def composition(fn) -> tuple[str, list, int] | None:
+    """(how, parts, offset) if fn is one of the library's compositions, else None."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(fn, types.FunctionType):
+        return None
+    env = _closure(fn)
+    if code is _AND_CODE or code is _OR_CODE:
+        return ("&" if code is _AND_CODE else "|", list(env["mask_mods"]), 0)
+    if code is _OFFSET_MASK_CODE:
+        return ("offset", [env["mask_mod"]], int(env["q_offset"]))
+    if code is _OFFSET_SCORE_CODE:
+        return ("offset", [env["score_mod"]], int(env["q_offset"]))
+    if code is _CHAIN_CODE:
+        return ("chain", list(env["mods"]), 0)
+    return None
+
+
+def _compose(fn, parts: list[tuple[Any, Any]], grads: list | None = None):
+    """One generated `triton.jit` function calling the parts' jitted functions.
+
+    Args:
+        fn: The composed mod (`composition(fn)` is not None).
+        parts: (jitted, aux) per part; at most one part may take an aux argument.
+        grads: For the derivative of a score_mod chain: each part's jitted derivative
+            (None: 1). Then the result is d fn / d score by the chain rule.
+    """
+    how, _, offset = composition(fn)
+    with_aux = [i for i, (_, a) in enumerate(parts) if a is not None]
+    if len(with_aux) > 1:
+        raise UnsupportedMod(
+            f"{getattr(fn, '__name__', fn)!r} composes {len(with_aux)} mods that capture "
+            f"tensors; the Triton kernel passes one. Supported: {SUPPORTED}"
+        )
+    is_score = how == "chain" or fn.__code__ is _OFFSET_SCORE_CODE
+    idx = "b, h, q_idx + OFFSET, kv_idx" if how == "offset" else "b, h, q_idx, kv_idx"
+    aux = ", aux" if with_aux else ""
+
+    def call(i, first="score"):
+        tail = aux if i in with_aux else ""
+        return f"p{i}({first + ', ' if is_score else ''}{idx}{tail})"
+
+    if how in ("&", "|"):
+        body = f"    return {f' {how} '.join(call(i) for i in range(len(parts)))}\n"
+    elif how == "offset" and grads is None:
+        body = f"    return {call(0)}\n"
+    elif grads is None:  # chain
+        body = "".join(f"    score = {call(i)}\n" for i in range(len(parts))) + "    return score\n"
+    else:  # the chain rule through the parts, derivative 1 where grads[i] is None
+        body, terms = "    s0 = score\n", []
+        for i, g in enumerate(grads):
+            if g is not None:
+                terms.append(call(i, f"s{i}").replace(f"p{i}(", f"g{i}("))
+            body += f"    s{i + 1} = {call(i, f's{i}')}\n"
+        body += f"    return {' * '.join(terms) if terms else '1.0'}\n"
+    n = _COMPOSED[0] = _COMPOSED.get(0, 0) + 1
+    name = f"_flex_composed_{n}"
+    args = ("score, " if is_score else "") + "b, h, q_idx, kv_idx" + aux
+    src = f"def {name}({args}):\n{body}"
+    filename = f"<flexattn {name}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    env = {"tl": tl, "OFFSET": tl.constexpr(offset)}
+    env.update({f"p{i}": jitted for i, (jitted, _) in enumerate(parts)})
+    env.update({f"g{i}": g for i, g in enumerate(grads or []) if g is not None})
+    exec(compile(src, filename, "exec"), env)  # noqa: S102 -- source generated above
+    return triton.jit(env[name])
 
 
 # --------------------------------------------------------------------------- kernel
@@ -304,7 +418,9 @@ def triton_flex_attention(
     qb, kb = block_mask.BLOCK_SIZE
     for size in (qb, kb):
         if size < 16 or size & (size - 1):
-            raise ValueError(f"Triton kernel needs power-of-2 block sizes >= 16, got {(qb, kb)}")
+            raise UnsupportedMod(
+                f"Triton kernel needs power-of-2 block sizes >= 16, got {(qb, kb)}"
+            )
     mB, mH = block_mask.kv_num_blocks.shape[:2]
     if mB not in (1, B) or mH not in (1, H):
         raise ValueError(f"BlockMask batch/head dims {(mB, mH)} do not broadcast to {(B, H)}")
