@@ -485,13 +485,14 @@ class LLMEngine:
         if self.offload is None or seq.conversation_id is None or seq.first_scheduled:
             return 0
         self.wait_offload()  # the previous turn's file may still be being written
-        bs = self.config.block_size
-        saved = self.offload.lookup(seq.conversation_id, seq.token_ids, align=bs)
+        # the whole common prefix, not only whole blocks: the K/V of a position depends only
+        # on the tokens up to it (a partial last block is filled, just not named)
+        saved = self.offload.lookup(seq.conversation_id, seq.token_ids)
         n = min(saved, len(seq.token_ids) - 1)
         if n <= seq.num_computed:  # nothing saved, or the prefix cache already has it all
             self.offload_misses += n == 0
             return 0
-        if self.scheduler._blocks_needed(seq, n - seq.num_computed) > self.blocks.num_available():
+        if self.scheduler.blocks_needed(seq, n - seq.num_computed) > self.blocks.num_available():
             return 0
         kv = self.offload.load(seq.conversation_id, seq.token_ids, n)
         if kv is None:

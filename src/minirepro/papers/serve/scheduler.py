@@ -151,7 +151,7 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         need = -(-(seq.num_computed + num_tokens) // self.block_size)
         return max(0, need - len(seq.block_table))
 
@@ -185,7 +185,7 @@ class Scheduler:
                 i += 1
                 continue
             n = n if not cfg.enable_chunked_prefill else min(n, budget)
-            need = self._blocks_needed(seq, n)
+            need = self.blocks_needed(seq, n)
             while need > self.blocks.num_available():
                 victim = self.running[-1]
                 if id(victim) in scheduled_ids:
@@ -215,7 +215,7 @@ class Scheduler:
             if n > budget and not cfg.enable_chunked_prefill and out:
                 break  # over the budget: it runs alone, in an iteration of its own
             n = n if not cfg.enable_chunked_prefill else min(n, budget)
-            need = self._blocks_needed(seq, n)
+            need = self.blocks_needed(seq, n)
             if need > self.blocks.num_available():
                 self.blocks.release(seq.block_table)  # give back the prefix taken above
                 seq.block_table, seq.block_keys = [], []
@@ -263,7 +263,7 @@ class Scheduler:
         elsewhere): allocate the blocks they need, name the full ones. Returns the block
         table; the caller writes the K/V of positions num_computed..n-1 before any later
         iteration reads it."""
-        need = self._blocks_needed(seq, n - seq.num_computed)
+        need = self.blocks_needed(seq, n - seq.num_computed)
         seq.block_table += self.blocks.allocate(need)
         seq.num_computed = n
         self._name_blocks(seq, n)
