@@ -126,3 +126,18 @@ def test_colliding_python_hashes_do_not_share_blocks(tiny_model, tiny_hf, hf_gre
     assert engine.stats().prefix_cache_hits - hits == 4  # b0 only, not first's x block
     assert out == hf_greedy(tiny_hf, [probe], N_NEW)[0]
     engine.close()
+
+
+def test_a_request_that_can_never_start_fails_instead_of_looping():
+    """The scheduler's safety net: nothing runs and the queue's head cannot get its blocks
+    (the engine's admission checks make this unreachable through `add_request`)."""
+    from minirepro.papers.serve.kv_cache import BlockManager
+    from minirepro.papers.serve.sampling import Detokenizer
+    from minirepro.papers.serve.scheduler import Scheduler, SchedulerConfig, Sequence
+
+    sched = Scheduler(SchedulerConfig(4, 64, True), BlockManager(2, block_size=4))
+    seq = Sequence("big", list(range(20)), GREEDY, None, Detokenizer(None, []), frozenset(), 0)
+    sched.add(seq)
+    assert sched.schedule() == []
+    assert seq.finished and seq.finish_reason == "error" and "cannot be scheduled" in seq.error
+    assert not sched.waiting and sched.blocks.num_available() == 2
