@@ -38,7 +38,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from minirepro.papers.serve.admission import AdmissionLimits
 from minirepro.papers.serve.async_engine import AsyncEngine, EngineError, RequestStream
 from minirepro.papers.serve.metrics import RequestTracker, ServerMetrics
+from minirepro.papers.serve.openapi import ERROR_RESPONSES, openapi_schema
 from minirepro.papers.serve.protocol import (
     DEFAULT_COMPLETION_TOKENS,
     APIError,
@@ -446,61 +446,8 @@ def create_app(
     app.get("/v1/models")(server.models)
     app.get("/health")(server.health)
     app.get("/metrics")(server.prometheus)
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: openapi_schema(app)
     return app
-
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-    for status, text in [
-        (400, "invalid or unsupported request"),
-        (404, "unknown model"),
-        (413, "request body too large"),
-        (429, "waiting queue full; retry after the Retry-After header's seconds"),
-        (500, "the engine failed on this request"),
-        (503, "the engine is not running"),
-    ]
-}
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI schema, with the request bodies the endpoints parse themselves (strictly,
-    see `protocol.parse_body`) described by their pydantic models."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for path, model in [
-            ("/v1/completions", CompletionBody),
-            ("/v1/chat/completions", ChatBody),
-        ]:
-            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components[model.__name__] = body
-            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-            schema["paths"][path]["post"]["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": ref}},
-            }
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 __all__ = [
