@@ -126,6 +126,12 @@ def test_colliding_python_hashes_do_not_share_blocks(tiny_model, tiny_hf, hf_gre
     assert engine.stats().prefix_cache_hits - hits == 4  # b0 only, not first's x block
     assert out == hf_greedy(tiny_hf, [probe], N_NEW)[0]
     engine.close()
+    # the chain's root is the model's identity (with the cache salt: an adapter, a tenant)
+    salted = LLMEngine(tiny_model, config=EngineConfig(block_size=4, cache_salt="adapter-a"))
+    assert salted.blocks.root != engine.blocks.root
+    assert (
+        LLMEngine(tiny_model, config=EngineConfig(block_size=4)).blocks.root == engine.blocks.root
+    )
 
 
 def test_a_request_that_can_never_start_fails_instead_of_looping():

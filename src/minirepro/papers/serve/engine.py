@@ -73,6 +73,9 @@ class EngineConfig:
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
     gemm: str = "auto"  # projections: "packed" (C++, decode) + oneDNN, "onednn", "torch", "auto"
+    # mixed into what the KV is said to belong to (prefix-cache root, offload files): an
+    # adapter's name or a tenant, so their cached blocks are never shared
+    cache_salt: str = ""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
@@ -177,7 +180,9 @@ class LLMEngine:
         )
         # what the KV belongs to: the root of the prefix cache's hash chain, the offload's key
         self.identity = hashlib.sha256(
-            repr((cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()))).encode()
+            repr(
+                (cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()), config.cache_salt)
+            ).encode()
         ).hexdigest()[:16]
         self.blocks = BlockManager(
             config.num_blocks, config.block_size, config.enable_prefix_caching, self.identity
