@@ -12,8 +12,6 @@ import asyncio
 import dataclasses
 import json
 import time
-import types
-import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -236,47 +234,63 @@ ANY_JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
     max_leaves=6,
 )
-TEXT = st.text(alphabet=CHAR_ALPHABET + "é\u2603", max_size=24)
-OVERRIDES = {
-    "model": st.sampled_from([MODEL, None, "gpt-4o"]),
-    "role": st.sampled_from([*CHAT_ROLES, "wizard"]),
-    "max_tokens": st.none() | st.integers(-2, 12),
-    "max_completion_tokens": st.none() | st.integers(0, 12),
-    "prompt": TEXT | st.lists(st.integers(-1, 40), max_size=8) | st.lists(TEXT, max_size=5),
+TEXT = st.text(alphabet=CHAR_ALPHABET + "é\u2603", min_size=1, max_size=24)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(CHAT_ROLES), "content": TEXT | st.none()},
+    optional={"name": TEXT},
+)
+# values that the server accepts for each field (or that it rejects by range, not by type)
+VALID = {
+    "model": st.sampled_from([MODEL, None]),
+    "prompt": TEXT
+    | st.lists(st.integers(0, 30), min_size=1, max_size=8)
+    | st.lists(TEXT, min_size=1, max_size=3),
+    "messages": st.lists(MESSAGE, min_size=1, max_size=3),
+    "max_tokens": st.none() | st.integers(0, 8),
+    "max_completion_tokens": st.none() | st.integers(1, 8),
+    "temperature": st.none() | st.floats(0, 2.2),
+    "top_p": st.none() | st.floats(0, 1),
+    "top_k": st.none() | st.integers(-2, 20),
+    "n": st.none() | st.integers(1, 2),
+    "stop": st.none() | TEXT | st.lists(TEXT, max_size=3),
+    "seed": st.none() | st.integers(-5, 2**64),
+    "stream": st.none() | st.booleans(),
+    "stream_options": st.none() | st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "presence_penalty": st.none() | st.just(0.0),
+    "frequency_penalty": st.none() | st.just(0.0),
+    "logit_bias": st.none(),
+    "user": st.none() | TEXT,
+    "ignore_eos": st.booleans(),
+    "stop_token_ids": st.none() | st.lists(st.integers(0, 40), max_size=3),
+    "return_token_ids": st.booleans(),
+    "conversation_id": st.none() | TEXT,
+    "echo": st.none() | st.just(False),
+    "best_of": st.none() | st.just(1),
+    "logprobs": st.none(),
+    "suffix": st.none(),
+    "top_logprobs": st.none(),
+    "tools": st.none(),
+    "response_format": st.none() | st.just({"type": "text"}),
 }
 
 
-def _strategy(tp: Any) -> st.SearchStrategy:
-    """Values of a field's annotation (mostly well-typed, so the checks behind parsing run)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return st.one_of(*(_strategy(a) for a in args))
-    if origin is list:
-        return st.lists(_strategy(args[0]), max_size=4)
-    if origin is dict:
-        return st.dictionaries(st.sampled_from(["type", "text", "x"]), TEXT | ANY_JSON, max_size=3)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return _body(tp)
-    simple = {
-        int: st.integers(-3, 40),
-        float: st.floats(-0.5, 2.5, allow_nan=False),
-        bool: st.booleans(),
-        str: TEXT,
-        type(None): st.none(),
-    }
-    return simple.get(tp, ANY_JSON)
-
-
 def _body(model: type[BaseModel]) -> st.SearchStrategy:
-    """A JSON object with any subset of the model's fields; each value usually of its type,
-    sometimes any JSON at all."""
-    optional = {
-        name: OVERRIDES.get(name, _strategy(f.annotation)) | ANY_JSON
-        if name not in OVERRIDES
-        else OVERRIDES[name]
-        for name, f in model.model_fields.items()
-    }
-    return st.fixed_dictionaries({}, optional=optional)
+    """A JSON object for `model`: its required fields and any subset of the others, with
+    values the server takes (or rejects by range); two times in three, one field (required
+    or not) is then replaced by any JSON value or dropped."""
+    fields = model.model_fields
+    assert set(fields) <= set(VALID), f"no strategy for {set(fields) - set(VALID)}"
+    required = {n: VALID[n] for n, f in fields.items() if f.is_required()}
+    optional = {n: VALID[n] for n, f in fields.items() if not f.is_required()}
+    valid = st.fixed_dictionaries(required, optional=optional)
+
+    def mutate(body: dict[str, Any]) -> st.SearchStrategy:
+        name = st.sampled_from(sorted(fields))
+        replaced = st.tuples(name, ANY_JSON).map(lambda kv: body | {kv[0]: kv[1]})
+        dropped = name.map(lambda k: {n: v for n, v in body.items() if n != k})
+        return replaced | dropped
+
+    return st.one_of(valid, valid.flatmap(mutate), valid.flatmap(mutate))
 
 
 def _check_answer(r: Any) -> None:
@@ -295,7 +309,7 @@ def test_fuzzed_requests_never_get_a_5xx(srv: Srv, path: str, model: type[BaseMo
     with httpx.Client(base_url=srv.url, timeout=30) as client:
 
         @settings(
-            max_examples=40,
+            max_examples=30,
             deadline=None,
             derandomize=True,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
