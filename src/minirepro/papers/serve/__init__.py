@@ -20,8 +20,9 @@ Implemented here, with vLLM's names where vLLM has the concept (`LLMEngine`, `Sa
   bytes (paged_attention.py), and a packed GEMM for the few rows of a decode step, oneDNN
   on pre-packed weights above that (gemm.py); torch formulations where they cannot build;
 - continuous batching with chunked prefill under a token budget and preemption by
-  recompute (scheduler.py), where every change of a sequence's state happens; a failed
-  model step fails only its requests, in every mode; sampling with per-request seeds, stop ids, stop strings and
+  recompute (scheduler.py), which alone admits, preempts and finishes a sequence; a
+  failed model step fails only its requests, in every mode; sampling with per-request
+  seeds, stop ids, stop strings and
   incremental detokenisation (sampling.py);
 - async scheduling (iteration i+1 formed while i computes) and nano-batched execution
   (k nano-batches, or the cost-model search of nanobatch/), both token-identical to the

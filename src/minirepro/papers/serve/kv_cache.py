@@ -6,9 +6,10 @@ sits in block `table[p // block_size]` at offset `p % block_size`. A full block 
 a sha256 hash chain (the digest of the block before it, or the root digest of the model's
 identity, and the block's own tokens), so two sequences that share a prefix share its
 blocks, and nobody can craft a prompt whose name matches another prompt's blocks (Python's
-`hash()` over token tuples could be made to collide: vLLM's CVE-2025-25183). A block nobody references keeps its contents and its name while
-it waits, least recently used first, to be handed out again: a later request with the same
-prefix takes it back instead of recomputing it.
+`hash()` over token tuples could be made to collide: vLLM's CVE-2025-25183). A block nobody
+references keeps its contents and its name while it waits, least recently used first, to be
+handed out again: a later request with the same prefix takes it back instead of recomputing
+it.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ When a request with a `conversation_id` finishes, the K/V of its prompt and outp
 layer) is written to `<dir>/<sha1(conversation_id)>.safetensors` with the token ids, their
 checksum and a checksum of the tensor bytes in the file's metadata. The next request of the
 same conversation gets back the K/V of the longest prefix its prompt shares with the saved
-tokens instead of prefilling it. The folder is bounded by `max_bytes`; the least recently used files go
-first. A file that is missing, truncated, corrupt, for another model, or whose tokens do not
-match is dropped and the request recomputes: `load` returns None, never wrong data.
+tokens instead of prefilling it. The folder is bounded by `max_bytes`; the least recently
+used files go first. A file that is missing, truncated, corrupt, for another model, or
+whose tokens do not match is dropped and the request recomputes: `load` returns None, never
+wrong data.
 """
 
 from __future__ import annotations

@@ -5,15 +5,17 @@ Each iteration has a token budget (`max_num_batched_tokens`). Running sequences 
 ones in arrival order while the budget, `max_num_seqs` and the free blocks allow. A prompt
 longer than the remaining budget is prefilled in chunks over several iterations; without
 chunked prefill it waits for an iteration with nothing else in it and runs alone (over the
-budget), so it never blocks the queue for good. When the blocks run out, the newest running sequence is preempted: its blocks are released and it
-goes back to the front of the queue, to be recomputed (prompt and output so far) later.
+budget), so it never blocks the queue for good. When the blocks run out, the newest
+running sequence is preempted: its blocks are released and it goes back to the front of
+the queue, to be recomputed (prompt and output so far) later.
 
 With async scheduling the next iteration is formed while the current one still runs: a
 sequence whose next token is not known yet counts one placeholder token.
 
-A sequence's state changes only here: `schedule` admits, preempts and advances it,
-`mark_computed` names the blocks it filled (also those restored from the KV offload), and
-`finish` (stop, length, abort, error) releases its blocks and takes it out of the queues.
+A sequence's queue, blocks and status change only here: `schedule` admits, preempts and
+advances it, `mark_computed` names the blocks restored from the KV offload (as
+`register_computed` those an iteration filled), and `finish` (stop, length, abort, error)
+releases its blocks and takes it out of the queues. The engine appends sampled tokens.
 """
 
 from __future__ import annotations
