@@ -245,7 +245,11 @@ async def stress(
     report = StressReport()
     kinds = list(EXPECTED)
     start = time.monotonic()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: at
+    # equal timeouts a request sent on a connection the server is closing reads nothing
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0
+    )
 
     async def client_loop(client: Any, i: int) -> None:
         rng = random.Random(seed * 100_003 + i)
