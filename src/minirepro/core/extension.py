@@ -54,6 +54,7 @@ def load_cpp_extension(
     what: str,
     fallback: str,
     openmp: bool = False,
+    extra_cflags: list[str] | None = None,
     verbose: bool = False,
 ) -> ModuleType:
     """Builds (first call on a machine) or loads the C++ extension `minirepro_<name>`.
@@ -66,6 +67,7 @@ def load_cpp_extension(
         openmp: Compile with -fopenmp, which `at::parallel_for` needs to run on torch's
             intra-op threads (without it, it runs the whole range on the calling thread).
             The extension then shares the libgomp that torch has loaded (same soname).
+        extra_cflags: More compiler flags, e.g. `-D` defines generated from a Python table.
 
     Raises:
         KernelUnavailable: No C++ compiler, or the build failed.
@@ -84,7 +86,7 @@ def load_cpp_extension(
         return load(
             name=f"minirepro_{name}",
             sources=[str(p) for p in (source if isinstance(source, list) else [source])],
-            extra_cflags=FLAGS + (["-fopenmp"] if openmp else []),
+            extra_cflags=FLAGS + (["-fopenmp"] if openmp else []) + list(extra_cflags or []),
             extra_ldflags=["-fopenmp"] if openmp else [],
             build_directory=str(build_dir),
             verbose=verbose,

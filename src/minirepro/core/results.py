@@ -13,7 +13,8 @@ given by hand::
     )
 
 A `RunDir` is the folder of one run, `runs/<paper id>/<UTC time>-<git sha>/`, holding
-config.json, env.json, metrics.jsonl, figures/*.png and result.json.
+config.json, env.json, metrics.jsonl, figures/*.png and result.json, or error.json and
+traceback.txt for a run that raised.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import enum
 import json
 import math
 import os
+import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from minirepro.core.env import environment, git_info, utc_stamp
+from minirepro.core.env import GitInfo, environment, git_info, utc_stamp
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -371,7 +374,8 @@ class RunDir:
 
     Creating it writes config.json and env.json; `log` appends to metrics.jsonl, `savefig`
     writes figures/<name>.png (both created on first use), and `write_results` writes
-    result.json.
+    result.json; `write_error` writes error.json and traceback.txt instead for a run that
+    raised. Both record the wall time since the folder was created.
 
     Attributes:
         path: The run folder.
@@ -386,6 +390,7 @@ class RunDir:
         *,
         root: str | os.PathLike[str] = "runs",
         preset: str | None = None,
+        git: GitInfo | None = None,
     ) -> None:
         """Creates the folder and writes config.json and env.json.
 
@@ -394,13 +399,17 @@ class RunDir:
             config: The run's config, a dataclass instance or a mapping.
             root: The runs root, `./runs` by default.
             preset: The preset name recorded in result.json.
+            git: The commit to record; looked up now by default. A long job passes the
+                one it started at, so a commit made while it runs is not credited with
+                code that was imported before it.
         """
-        git = git_info()
+        git = git or git_info()
         name = f"{utc_stamp()}-{git.short or 'nogit'}"
         self.paper_id = paper_id
         self.preset = preset
         self.progress: Any = None  # a rich Progress, attached by the CLI (see `track`)
         self.path = _new_dir(Path(root) / paper_id, name)
+        self._started = time.monotonic()
         _write_json(self.config_path, config)
         _write_json(self.env_path, environment(git))
 
@@ -426,6 +435,19 @@ class RunDir:
     @property
     def result_path(self) -> Path:
         return self.path / "result.json"
+
+    @property
+    def error_path(self) -> Path:
+        return self.path / "error.json"
+
+    @property
+    def traceback_path(self) -> Path:
+        return self.path / "traceback.txt"
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the folder was created."""
+        return time.monotonic() - self._started
 
     def track(
         self, items: Iterable[Any], description: str, total: int | None = None
@@ -478,18 +500,43 @@ class RunDir:
         plt.close(fig)
         return path
 
-    def write_results(self, results: Sequence[Result]) -> Path:
-        """Writes result.json: `{"paper", "preset", "results": [Result.to_dict(), ...]}`."""
+    def write_results(self, results: Sequence[Result], wall_s: float | None = None) -> Path:
+        """Writes result.json: `{"paper", "preset", "wall_s", "results": [...]}`.
+
+        Args:
+            results: The run's Results.
+            wall_s: The run's wall time in seconds; by default the time since the folder
+                was created.
+        """
         for r in results:
             if not isinstance(r, Result):
                 raise TypeError(f"{self.paper_id}: expected Result, got {type(r).__name__}")
         doc = {
             "paper": self.paper_id,
             "preset": self.preset,
+            "wall_s": self.elapsed if wall_s is None else wall_s,
             "results": [r.to_dict() for r in results],
         }
         _write_json(self.result_path, doc)
         return self.result_path
+
+    def write_error(self, exc: BaseException) -> Path:
+        """Records a run that raised: traceback.txt, and error.json with the message.
+
+        error.json is `{"paper", "preset", "wall_s", "error": "<Type>: <message>"}`.
+
+        Returns:
+            The path of traceback.txt.
+        """
+        self.traceback_path.write_text("".join(traceback.format_exception(exc)))
+        doc = {
+            "paper": self.paper_id,
+            "preset": self.preset,
+            "wall_s": self.elapsed,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        _write_json(self.error_path, doc)
+        return self.traceback_path
 
 
 def _new_dir(parent: Path, name: str) -> Path:

@@ -1,8 +1,9 @@
 """The one training loop every paper uses.
 
 AdamW with linear warmup and cosine decay, gradient clipping, an evaluation hook, metrics as
-JSON lines, atomic safetensors checkpoints with exact resumption, and DistributedDataParallel
-when launched by ``torchrun``.
+JSON lines, atomic safetensors checkpoints with exact resumption, bf16 mixed precision
+(``precision="bf16"`` or ``"auto"``, see `minirepro.core.precision`), and
+DistributedDataParallel when launched by ``torchrun``.
 
 Data comes from ``get_batch(step, generator)``, which returns the *global* batch of a step
 from a generator seeded by ``(cfg.seed, step)`` alone. A resumed run therefore sees the same
@@ -38,6 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minirepro.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minirepro.core.precision import check_precision, mixed_precision, resolve_precision
 from minirepro.core.seed import seed_everything
 
 __all__ = [
@@ -82,6 +84,12 @@ class TrainConfig:
         ckpt_every: Write a checkpoint every this many steps (0: only at the end).
         seed: Seeds the global RNGs at the start and, with the step, each batch's generator.
         device: Where the model and batches live; under DDP ``"cuda"`` means the local GPU.
+        precision: "fp32"; "bf16": the forward (and so the backward) under bf16 autocast,
+            with fp32 parameters (master weights), gradients and AdamW state, model outputs
+            cast to fp32 before the loss, fp32 checkpoints; "auto": bf16 only on a CPU
+            with native bf16 matmul (AMX or AVX512-BF16) and a model wide enough for it to
+            pay (`minirepro.core.precision.resolve_precision`). "bf16" on hardware without
+            native bf16 warns and trains in fp32. `TrainState.precision` says which ran.
     """
 
     steps: int = 1000
@@ -97,8 +105,10 @@ class TrainConfig:
     ckpt_every: int = 0
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size and log_every must be >= 1")
         if self.warmup_steps < 0 or self.eval_every < 0 or self.ckpt_every < 0:
@@ -119,11 +129,14 @@ class TrainState:
         step: Number of optimizer steps completed.
         history: The metrics records of the run, as written to ``metrics.jsonl``. On resume
             it includes the records before the checkpoint (on rank 0, which reads the file).
+        precision: The precision the run trained in, "fp32" or "bf16" (``cfg.precision``
+            resolved for this model and machine).
     """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     step: int = 0
+    precision: str = "fp32"
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -311,6 +324,9 @@ def train(
             It must draw its randomness from ``generator``, which is seeded from
             ``(cfg.seed, i)`` only.
         loss_fn: ``loss_fn(model, batch)`` returns a scalar; default `lm_loss` on ``(x, y)``.
+            It gets the model wrapped (in DDP under torchrun; in `MixedPrecision`, which runs
+            the forward under bf16 autocast and returns fp32 outputs, when training in bf16),
+            so it should only call the model, not its other methods.
         eval_fn: ``eval_fn(model, step)`` returns metrics to log; called with the model in
             eval mode every ``cfg.eval_every`` steps and after the last step.
         out_dir: Where to write ``metrics.jsonl`` and ``checkpoints/``; None writes nothing.
@@ -333,7 +349,8 @@ def train(
     with _process_group(cfg) as device, contextlib.ExitStack() as closing:
         model.to(device)
         optimizer = make_optimizer(model, cfg)
-        state = TrainState(model=model, optimizer=optimizer)
+        precision = resolve_precision(cfg.precision, model, device)
+        state = TrainState(model=model, optimizer=optimizer, precision=precision)
         # Every rank gets the same seed: the ranks then draw identical random streams (e.g.
         # dropout masks), so rank 0's RNG state in a checkpoint is right for all on resume.
         seed_everything(cfg.seed)
@@ -352,6 +369,7 @@ def train(
         if n_ranks > 1:
             ids = [device.index] if device.type == "cuda" else None
             ddp_model = DistributedDataParallel(model, device_ids=ids)
+        ddp_model = mixed_precision(ddp_model, precision, device)
         params = [p for p in model.parameters() if p.requires_grad]
         model.train()
         for i in range(state.step, cfg.steps):

@@ -19,4 +19,5 @@ def test_smoke_preset(cpu_ext, tmp_path):
     assert len(results) == 2
     gap, speed = results
     assert speed.values[0] > 2  # the fused kernel beats the Python loop even at toy size
-    assert -1 <= gap.values[0] <= 1
+    # sLSTM reaches ~1.0 at length 32, attention ~0.52 (chance 0.5): the paper's direction
+    assert gap.values[0] > 0.3

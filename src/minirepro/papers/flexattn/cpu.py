@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from minirepro.core.precision import fp32_kernel
 from minirepro.papers.flexattn.block_mask import BlockMask, create_block_mask
 from minirepro.papers.flexattn.cpu_fused import FlexFused, fused_plan
 from minirepro.papers.flexattn.masks import ScoreMod, noop_mask
@@ -468,6 +469,7 @@ def _dense_block_mask(S: int, T: int, device) -> BlockMask:
     return _FULL_MASKS[key]
 
 
+@fp32_kernel  # fp32 kernels: under bf16 autocast the inputs are cast to fp32
 def flex_attention(
     query: Tensor,
     key: Tensor,

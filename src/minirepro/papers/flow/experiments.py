@@ -65,9 +65,11 @@ def train_flow(
     seed: int,
     ema: float = 0.0,
     log: Callable[..., None] | None = None,
+    precision: str = "fp32",
 ) -> tuple[nn.Module, float]:
     """Trains with the shared loop (AdamW, warmup + cosine, clipping); returns the model
-    to sample (an EMA copy when `ema` > 0) and the final loss.
+    to sample (an EMA copy when `ema` > 0) and the final loss. `precision` is the
+    trainer's ("fp32", "bf16", "auto"); sampling and likelihoods always run in fp32.
 
     No weight decay: these small regressors fit a fixed data distribution, and decay only
     biases the velocity toward zero.
@@ -83,6 +85,7 @@ def train_flow(
         batch_size=batch_size,
         log_every=max(1, steps // 20),
         seed=seed,
+        precision=precision,
     )
     shadow = copy.deepcopy(model) if ema > 0 else None
 
@@ -135,7 +138,7 @@ def run_checkerboard(
 
         model, loss = train_flow(
             model, loss_fn, get_batch, steps=cfg.cb_steps, batch_size=cfg.cb_batch,
-            lr=cfg.cb_lr, seed=seed, ema=cfg.ema, log=log,
+            lr=cfg.cb_lr, seed=seed, precision=cfg.precision, ema=cfg.ema, log=log,
         )  # fmt: skip
         g = torch.Generator().manual_seed(10_000 + seed)
         x0 = torch.randn(cfg.cb_samples, 2, generator=g)
@@ -191,7 +194,7 @@ def run_discrete_checkerboard(
 
         model, loss = train_flow(
             model, loss_fn, get_batch, steps=cfg.dcb_steps, batch_size=cfg.dcb_batch,
-            lr=cfg.dcb_lr, seed=seed, log=log,
+            lr=cfg.dcb_lr, seed=seed, precision=cfg.precision, log=log,
         )  # fmt: skip
         g = torch.Generator().manual_seed(20_000 + seed)
         x0 = torch.randint(0, k, (cfg.dcb_samples, 2), generator=g)
@@ -231,7 +234,7 @@ def run_sphere(cfg: Config, seed: int, log: Callable[..., None] | None = None) -
 
         model, loss = train_flow(
             model, loss_fn, get_batch, steps=cfg.sph_steps, batch_size=cfg.sph_batch,
-            lr=cfg.sph_lr, seed=seed, log=log,
+            lr=cfg.sph_lr, seed=seed, precision=cfg.precision, log=log,
         )  # fmt: skip
         g = torch.Generator().manual_seed(30_000 + seed)
         x0 = sphere_uniform(cfg.sph_samples, 3, g)
@@ -280,7 +283,7 @@ def train_digits_model(
 
     model, _ = train_flow(
         model, loss_fn, get_batch, steps=cfg.dig_steps, batch_size=cfg.dig_batch,
-        lr=cfg.dig_lr, seed=seed, ema=cfg.ema, log=log,
+        lr=cfg.dig_lr, seed=seed, precision=cfg.precision, ema=cfg.ema, log=log,
     )  # fmt: skip
     return model, digits
 

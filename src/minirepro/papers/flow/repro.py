@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from minirepro.core.precision import check_precision
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
 from minirepro.papers.flow import experiments as ex
@@ -37,6 +38,7 @@ class Config:
         experiments: Which experiments to run ("likelihood" needs "digits").
         threads: torch threads during the run, restored after (0: unchanged).
         ema: Decay of the weights' exponential moving average used for sampling (0: off).
+        precision: The trainer's precision ("fp32", "bf16", "auto"; `core.precision`).
         cb_*: Continuous checkerboard: MLP, training, ODE sampling.
         dcb_*: Discrete checkerboard on a dcb_bins x dcb_bins grid.
         sph_*: Sphere: vMF mixture with sph_components modes of concentration sph_kappa.
@@ -51,6 +53,7 @@ class Config:
     # faster per training step than two (see NOTES.md).
     threads: int = 1
     ema: float = 0.0
+    precision: str = "auto"
     # continuous checkerboard
     cb_steps: int = 8000
     cb_batch: int = 512
@@ -99,6 +102,7 @@ class Config:
     ll_steps: int = 20
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         unknown = set(self.experiments) - set(EXPERIMENTS)
         if unknown:
             raise ValueError(f"unknown experiments {sorted(unknown)}; known: {EXPERIMENTS}")

@@ -23,15 +23,22 @@ Implemented here:
 - ConstrINT (`constrint.py`), choosing the CPU kernel's and the Triton kernels' tiles.
 
 Deviations: the Triton kernels are fp32 only and need one head's R to fit one program's
-registers (the paper splits larger R over blocks); no CUDA kernels; fp32/fp64 only on the
-CPU; the benchmark runs on a shared 2-core CPU, not a GPU. See NOTES.md.
+registers (the paper splits larger R over blocks); no CUDA kernels; the CPU kernel computes
+in fp32/fp64 (bf16/fp16 inputs are computed in fp32 and cast back; no AMX); the benchmark
+runs on a shared 2-core CPU, not a GPU. See NOTES.md.
 
 Run: `minirepro run rnn` (quick preset); benchmark: `python benchmarks/rnn.py`.
 """
 
 from minirepro.papers.rnn import modules as _modules  # registers the token mixers
 from minirepro.papers.rnn.constrint import Var, solve
-from minirepro.papers.rnn.cpu import CpuKernelUnavailable, load_extension
+from minirepro.papers.rnn.cpu import (
+    CpuKernelUnavailable,
+    buffer_pool_stats,
+    load_extension,
+    release_buffers,
+    set_buffer_pool_limit,
+)
 from minirepro.papers.rnn.dispatch import flashrnn
 from minirepro.papers.rnn.functions import FUNCTIONS, CellSpec, cell_spec
 from minirepro.papers.rnn.modules import FlashRNNLayer, RNNMixer, RNNState
@@ -69,11 +76,14 @@ __all__ = [
     "RNNMixer",
     "RNNState",
     "Var",
+    "buffer_pool_stats",
     "cell_spec",
     "flashrnn",
     "flashrnn_reference",
     "load_extension",
+    "release_buffers",
     "run",
+    "set_buffer_pool_limit",
     "solve",
 ]
 

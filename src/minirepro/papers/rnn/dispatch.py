@@ -15,13 +15,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from minirepro.core.precision import fp32_kernel
 from minirepro.papers.rnn.cpu import CpuKernelUnavailable, cpu_flashrnn, load_extension
 from minirepro.papers.rnn.functions import cell_spec
 from minirepro.papers.rnn.reference import flashrnn_reference
 
-__all__ = ["Backend", "flashrnn"]
+__all__ = ["BACKENDS", "Backend", "flashrnn"]
 
 Backend = Literal["auto", "cpu", "reference", "triton"]
+BACKENDS = ("auto", "cpu", "reference", "triton")
 
 
 def _check_shapes(Wx: Tensor, R: Tensor, b: Tensor, states: Tensor | None, function: str):
@@ -39,11 +41,21 @@ def _check_shapes(Wx: Tensor, R: Tensor, b: Tensor, states: Tensor | None, funct
     for name, (got, want) in expect.items():
         if tuple(got) != want:
             raise ValueError(f"{function}: {name} must have shape {want}, got {tuple(got)}")
+    tensors = {"Wx": Wx, "R": R, "b": b} | ({"states": states} if states is not None else {})
+    for name, x in tensors.items():
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.dtype != Wx.dtype or x.device != Wx.device:
+            raise ValueError(
+                f"{name} is {x.dtype} on {x.device} but Wx is {Wx.dtype} on {Wx.device}; "
+                "pass all tensors in one dtype on one device"
+            )
     if T == 0:
         raise ValueError("the sequence is empty (T = 0)")
     return spec
 
 
+@fp32_kernel  # fp32 kernels: under bf16 autocast the inputs are cast to fp32
 def flashrnn(
     Wx: Tensor,
     R: Tensor,
@@ -68,10 +80,17 @@ def flashrnn(
         backend: "cpu" (the C++ kernel), "triton" (the fused Triton kernels, fp32; CUDA
             tensors, or CPU tensors under TRITON_INTERPRET=1), "reference" (Python loop,
             autograd), or "auto": cpu for CPU tensors (falling back to reference with a
-            warning if the kernel cannot be built), triton for fp32 CUDA tensors.
-        forward_clipval: Clamp the hidden output h to [-v, v] after each step.
-        gradient_recurrent_clipval: Clamp the gradient that flows back through the
-            recurrent matmul (R^T dgates) to [-v, v] at each step.
+            warning if the kernel cannot be built), triton for fp32 CUDA tensors, reference
+            with a warning for other CUDA dtypes. On the CPU backend bf16 and fp16 inputs
+            are computed in fp32 and the outputs cast back (as flashrnn accumulates in fp32).
+        forward_clipval: Clamp the hidden output h (state 0) to [-v, v] after each step,
+            in the output and in what feeds the next step; the backward passes the gradient
+            through the clamp unchanged. This is what flashrnn's CUDA kernels do (its only
+            backends that take the option; its vanilla loops ignore it).
+        gradient_recurrent_clipval: Clamp the gradient that reaches h_{t-1} from step t
+            (through R, and gru's direct z h path) to [-v, v] before h_{t-1}'s own output
+            gradient is added, as flashrnn's CUDA kernels do; the initial state's gradient
+            is not clamped.
         batch_tile: Batch rows per work item of the CPU kernel; chosen by ConstrINT if None.
         head_group: Heads per work item of the CPU kernel (a divisor of N); ConstrINT's
             choice if None.
@@ -79,6 +98,8 @@ def flashrnn(
     Returns:
         (all states (S, B, T, N, D), last states (S, B, 1, N, D)).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     spec = _check_shapes(Wx, R, b, states, function)
     B, T, _, N, D = Wx.shape
     if states is None:
@@ -124,7 +145,7 @@ def flashrnn(
         )  # fmt: skip
     if backend == "triton":
         return _triton(Wx, R, b, states, spec, first, forward_clipval, gradient_recurrent_clipval)
-    raise ValueError(f"unknown backend {backend!r}; choose auto, cpu, triton or reference")
+    raise AssertionError(backend)  # unreachable: checked above
 
 
 def _triton_available() -> bool:
@@ -143,12 +164,11 @@ def _triton(Wx, R, b, states, spec, first, forward_clipval, gradient_recurrent_c
     from minirepro.papers.rnn.tiling import gpu_limits, triton_tiles
     from minirepro.papers.rnn.triton_kernel import interpreting, triton_flashrnn
 
-    tensors = {"Wx": Wx, "R": R, "b": b, "states": states}
-    for name, x in tensors.items():
-        if x.dtype != torch.float32:
-            raise ValueError(f"backend='triton' supports float32 only; {name} is {x.dtype}")
-        if x.device != Wx.device:
-            raise ValueError(f"{name} is on {x.device}, Wx on {Wx.device}")
+    if Wx.dtype != torch.float32:
+        raise ValueError(
+            f"backend='triton' supports float32 only, got {Wx.dtype}; use backend='auto' "
+            "or 'reference', or cast to float32"
+        )
     if Wx.device.type != "cuda" and not interpreting():
         raise ValueError(
             "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "

@@ -40,12 +40,14 @@ class Config:
     attention_lr: float = 3e-3  # 1e-2 diverges more often for attention; its better setting
     bench_shape: tuple[int, int, int, int] = (16, 256, 4, 64)  # (B, T, N, D)
     bench_function: str = "lstm"
-    bench_repeats: int = 2
+    bench_repeats: int = 3  # >= 3 timed rounds after a warm-up, alternated
     threads: int = 2
 
 
 PRESETS = {
-    "smoke": Config(seeds=(0,), steps=40, train_seq_len=16, eval_seq_len=32,
+    # 100 steps at lr 3e-2: sLSTM solves parity (1.0 at length 32) for seeds 0 and 2 here;
+    # 40 steps at 1e-2 left it near chance (0.56), so the smoke run showed no effect.
+    "smoke": Config(seeds=(0,), steps=100, rnn_lr=3e-2, train_seq_len=16, eval_seq_len=32,
                     bench_shape=(4, 32, 2, 16), bench_repeats=1),
     "quick": Config(),
     "full": Config(seeds=(0, 1, 2), steps=1000, d_model=64, n_layer=2, n_head=4,

@@ -34,9 +34,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from minirepro.papers.rnn.functions import CellSpec
+from minirepro.papers.rnn.functions import FUNCTIONS, CellSpec
 
 __all__ = ["interpreting", "triton_flashrnn"]
+
+# Cell ids from the one table (functions.FUNCTIONS); the kernels branch on them at compile time.
+_LSTM = tl.constexpr(FUNCTIONS["lstm"].kernel_id)
+_SLSTM = tl.constexpr(FUNCTIONS["slstm"].kernel_id)
+_GRU = tl.constexpr(FUNCTIONS["gru"].kernel_id)
+_ELMAN = tl.constexpr(FUNCTIONS["elman"].kernel_id)
 
 
 def interpreting() -> bool:
@@ -138,7 +144,7 @@ def _rnn_fwd(
         wx = WX + w_row + t * GW * ND
         o = OUT + o_row + t * ND
         gp = GATES + g_row + t * GT * ND
-        if FN == 3:  # elman
+        if FN == _ELMAN:
             a = _dot(h, R0) + tl.load(wx, mask=m2, other=0.0) + b0
             y = _tanh(a)
             if CLIP:
@@ -147,7 +153,7 @@ def _rnn_fwd(
             tl.store(o, y, mask=m2)
             if STORE:
                 tl.store(gp, a, mask=m2)
-        elif FN == 2:  # gru: R [g, r, z], Wx [r, z, n], b [g, r, z, n]
+        elif FN == _GRU:  # R [g, r, z], Wx [r, z, n], b [g, r, z, n]
             gg = _dot(h, R0) + b0
             rg = _sigmoid(_dot(h, R1) + tl.load(wx, mask=m2, other=0.0) + b1)
             zg = _sigmoid(_dot(h, R2) + tl.load(wx + ND, mask=m2, other=0.0) + b2)
@@ -167,7 +173,7 @@ def _rnn_fwd(
             fr = _dot(h, R1) + tl.load(wx + ND, mask=m2, other=0.0) + b1
             zr = _dot(h, R2) + tl.load(wx + 2 * ND, mask=m2, other=0.0) + b2
             orw = _dot(h, R3) + tl.load(wx + 3 * ND, mask=m2, other=0.0) + b3
-            if FN == 0:
+            if FN == _LSTM:
                 ig = _sigmoid(ir)
                 fg = _sigmoid(fr)
                 zg = _tanh(zr)
@@ -179,7 +185,7 @@ def _rnn_fwd(
                     tl.store(gp + ND, fg, mask=m2)
                     tl.store(gp + 2 * ND, zg, mask=m2)
                     tl.store(gp + 3 * ND, og, mask=m2)
-            else:
+            else:  # FN == _SLSTM
                 lf = _logsigmoid(fr) + m
                 mn = tl.maximum(ir, lf)
                 if FIRST:  # every n is zero at t = 0: the reference takes m' = i
@@ -210,7 +216,7 @@ def _rnn_fwd(
 @triton.jit
 def _rnn_bwd(
     R, S0, OUT, GATES, DOUT, DLAST, DWX, DR, DB, DS0,
-    B, T, N, clipval, gclipval,
+    B, T, N, gclipval,
     FN: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BB: tl.constexpr,
     S: tl.constexpr, GR: tl.constexpr, GW: tl.constexpr, GT: tl.constexpr,
     FIRST: tl.constexpr, CLIP: tl.constexpr, GCLIP: tl.constexpr,
@@ -223,7 +229,6 @@ def _rnn_bwd(
     m2 = (rb < B)[:, None] & (k < D)[None, :]
     ND = N * D
     rows, cols = k[:, None], k[None, :]
-    lim = clipval  # +inf when forward clipping is off
 
     # R tiles [out, in] for dh = dg @ R; dR accumulators [out, in] for the whole sequence.
     R0 = _load_r(R, 0, n, N, rows, cols, D, False)
@@ -276,17 +281,16 @@ def _rnn_bwd(
                 dn += tl.load(DOUT + 2 * OS + o, mask=m2, other=0.0)
                 dm += tl.load(DOUT + 3 * OS + o, mask=m2, other=0.0)
         g0 = tl.load(gp, mask=m2, other=0.0)
-        if FN == 3:  # elman
+        if FN == _ELMAN:
             yv = _tanh(g0)
-            dy = tl.where(tl.abs(yv) > lim, 0.0, dh)
-            d0 = tl.where(m2, dy * (1.0 - yv * yv), 0.0)
+            d0 = tl.where(m2, dh * (1.0 - yv * yv), 0.0)
             dhp = tl.zeros([BB, DP], tl.float32)
-        elif FN == 2:  # gru
+        elif FN == _GRU:
             gg = g0
             rg = tl.load(gp + ND, mask=m2, other=0.0)
             zg = tl.load(gp + 2 * ND, mask=m2, other=0.0)
             ng = tl.load(gp + 3 * ND, mask=m2, other=0.0)
-            dy = tl.where(tl.abs(zg * hp + (1.0 - zg) * ng) > lim, 0.0, dh)
+            dy = dh  # forward clipping is straight-through, as in flashrnn's kernels
             dpre = dy * (1.0 - zg) * (1.0 - ng * ng)
             d0 = tl.where(m2, dpre * rg, 0.0)
             d1 = tl.where(m2, dpre * gg * rg * (1.0 - rg), 0.0)
@@ -301,16 +305,16 @@ def _rnn_bwd(
                 S0 + SB + s_row, mask=m0, other=0.0
             )
             cn = tl.load(OUT + OS + o, mask=m2, other=0.0)
-            if FN == 0:  # lstm: gates are activated i, f, z, o
+            if FN == _LSTM:  # gates are activated i, f, z, o
                 tc = _tanh(cn)
-                dy = tl.where(tl.abs(g3 * tc) > lim, 0.0, dh)
+                dy = dh
                 dcc = dc + dy * g3 * (1.0 - tc * tc)
                 d0 = tl.where(m2, dcc * g2 * g0 * (1.0 - g0), 0.0)
                 d1 = tl.where(m2, dcc * cp * g1 * (1.0 - g1), 0.0)
                 d2 = tl.where(m2, dcc * g0 * (1.0 - g2 * g2), 0.0)
                 d3 = tl.where(m2, dy * tc * g3 * (1.0 - g3), 0.0)
                 dc = tl.where(m2, dcc * g1, 0.0)
-            else:  # slstm: gates are the raw i, f, z, o
+            else:  # FN == _SLSTM: gates are the raw i, f, z, o
                 np_ = tl.load(OUT + 2 * OS + o - ND, mask=mp, other=0.0) + tl.load(
                     S0 + 2 * SB + s_row, mask=m0, other=0.0
                 )
@@ -329,7 +333,7 @@ def _rnn_bwd(
                 zt = _tanh(g2)
                 og = _sigmoid(g3)
                 nsum = fg * np_ + ig
-                dy = tl.where(tl.abs(og * cn / nw) > lim, 0.0, dh)
+                dy = dh
                 dcc = dc + dy * og / nw
                 dnw = dn - dy * og * cn / (nw * nw)
                 dns = dnw * tl.where(nsum > 1.0, 1.0, tl.where(nsum == 1.0, 0.5, 0.0))
@@ -348,7 +352,7 @@ def _rnn_bwd(
 
         # dWx = the gradients of the gates that take Wx (gru's g takes none)
         dw = DWX + w_row + t * GW * ND
-        if FN == 2:
+        if FN == _GRU:
             tl.store(dw, d1, mask=m2)
             tl.store(dw + ND, d2, mask=m2)
             tl.store(dw + 2 * ND, d3, mask=m2)
@@ -373,9 +377,12 @@ def _rnn_bwd(
         if GR > 3:
             dR3 += _dot(tl.trans(d3), hp)
             rec += _dot(d3, R3)
+        # flashrnn's kernels clip all the gradient that reaches h_{t-1} from step t (the
+        # direct path of gru included), never the initial state's
+        dh = dhp + rec
         if GCLIP:
-            rec = _clip(rec, gclipval)
-        dh = tl.where(m2, dhp + rec, 0.0)
+            dh = tl.where(t > 0, _clip(dh, gclipval), dh)
+        dh = tl.where(m2, dh, 0.0)
 
     tl.store(DS0 + s_row, dh, mask=m2)
     if S > 1:
@@ -457,8 +464,7 @@ class _TritonRNN(torch.autograd.Function):
             R, s0, out, gates,
             dummy if dout is None else dout.contiguous(),
             dummy if dlast is None else dlast.contiguous(),
-            dWx, dR, db, ds0, B, T, N, float(fw_clip) if fw_clip > 0 else float("inf"),
-            float(bw_clip),
+            dWx, dR, db, ds0, B, T, N, float(bw_clip),
             GCLIP=bw_clip > 0, HAS_DOUT=dout is not None, HAS_DLAST=dlast is not None,
             num_warps=bwd["num_warps"],
             **_launch_meta(spec, D, ctx.first, fw_clip, bwd["block_b"]),

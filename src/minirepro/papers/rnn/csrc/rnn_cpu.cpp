@@ -25,7 +25,13 @@
 
 namespace {
 
-enum Fn { kLSTM = 0, kSLSTM = 1, kGRU = 2, kELMAN = 3 };
+// The cell ids and gate/state counts come from functions.FUNCTIONS (the one table the C++,
+// Triton and reference paths follow): ids as -D defines at build time, counts per call.
+#if !defined(RNN_FN_LSTM) || !defined(RNN_FN_SLSTM) || !defined(RNN_FN_GRU) || \
+    !defined(RNN_FN_ELMAN)
+#error "build through minirepro.papers.rnn.cpu.load_extension (it defines the cell ids)"
+#endif
+enum Fn { kLSTM = RNN_FN_LSTM, kSLSTM = RNN_FN_SLSTM, kGRU = RNN_FN_GRU, kELMAN = RNN_FN_ELMAN };
 
 // Vector width of the micro-kernel: 512 bits where the build machine has AVX-512.
 // Rows of the register tile: MR x 2 vector accumulators plus 2 vectors of B and a broadcast
@@ -174,33 +180,51 @@ RNN_INLINE void prefetch(const T* p, int64_t n, bool write) {
 // its storage (no tensor or view anywhere else uses it), so reuse can never alias live data.
 // New buffers ask for transparent huge pages (one fault per 2 MiB rather than per 4 KiB).
 constexpr int64_t kPoolMinBytes = int64_t(1) << 22;   // smaller ones: the normal allocator
-constexpr int64_t kPoolMaxBytes = int64_t(1) << 30;   // the pool keeps at most 1 GiB
+
+struct Pool {
+  std::mutex mu;
+  std::vector<at::Tensor> bufs;                // 1-d buffers
+  int64_t limit = int64_t(1) << 30;            // bytes the pool may hold (set_pool_limit)
+};
+Pool& pool() {
+  static Pool p;
+  return p;
+}
+inline bool is_free(const at::Tensor& t) { return t.storage().use_count() == 1; }
+
+// Drops free buffers, largest first, until the pool holds at most `target` bytes (or only
+// buffers in use remain). Returns the bytes dropped. Call with the mutex held.
+int64_t shrink_locked(Pool& p, int64_t target) {
+  int64_t held = 0, dropped = 0;
+  for (auto& t : p.bufs) held += int64_t(t.nbytes());
+  while (held > target) {
+    auto it = std::max_element(p.bufs.begin(), p.bufs.end(),
+                               [](const at::Tensor& a, const at::Tensor& b) {
+                                 const bool fa = is_free(a), fb = is_free(b);
+                                 return fa != fb ? fb : a.nbytes() < b.nbytes();
+                               });
+    if (it == p.bufs.end() || !is_free(*it)) break;
+    held -= int64_t(it->nbytes());
+    dropped += int64_t(it->nbytes());
+    p.bufs.erase(it);
+  }
+  return dropped;
+}
 
 at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
   const int64_t nbytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
   if (nbytes < kPoolMinBytes) return at::empty(sizes, options);
-  static std::mutex mu;
-  static std::vector<at::Tensor> pool;  // 1-d buffers
-  std::lock_guard<std::mutex> lock(mu);
-  int64_t held = 0;
-  for (auto& t : pool) {
-    if (t.storage().use_count() == 1 && t.nbytes() == size_t(nbytes) &&
-        t.dtype() == options.dtype())
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  for (auto& t : p.bufs)
+    if (is_free(t) && t.nbytes() == size_t(nbytes) && t.dtype() == options.dtype())
       return t.view(sizes);
-    held += int64_t(t.nbytes());
-  }
-  // make room: drop free buffers (largest first) until the new one fits under the cap
-  while (held + nbytes > kPoolMaxBytes) {
-    auto it = std::max_element(pool.begin(), pool.end(), [](const at::Tensor& a, const at::Tensor& b) {
-      const bool fa = a.storage().use_count() == 1, fb = b.storage().use_count() == 1;
-      return fa != fb ? fb : a.nbytes() < b.nbytes();
-    });
-    if (it == pool.end() || it->storage().use_count() != 1) break;
-    held -= int64_t(it->nbytes());
-    pool.erase(it);
-  }
+  // make room for the new buffer under the limit by dropping free ones
+  shrink_locked(p, std::max<int64_t>(0, p.limit - nbytes));
+  int64_t held = 0;
+  for (auto& t : p.bufs) held += int64_t(t.nbytes());
   auto t = at::empty({numel}, options);
   const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t end = start + nbytes;
@@ -209,7 +233,7 @@ at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
 #ifdef MADV_HUGEPAGE
   if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
 #endif
-  if (held + nbytes <= kPoolMaxBytes) pool.push_back(t);
+  if (held + nbytes <= p.limit) p.bufs.push_back(t);
   return t.view(sizes);
 }
 
@@ -217,13 +241,26 @@ struct Dims {
   int64_t B, T, N, D, S, Gr, Gw, Gt, Gs, tile;
 };
 
-inline void gate_counts(int fn, int64_t& S, int64_t& Gr, int64_t& Gw, int64_t& Gt, int64_t& Gs) {
-  switch (fn) {
-    case kLSTM: S = 2; Gr = 4; Gw = 4; Gt = 4; Gs = 4; break;
-    case kSLSTM: S = 4; Gr = 4; Gw = 4; Gt = 4; Gs = 4; break;
-    case kGRU: S = 1; Gr = 3; Gw = 3; Gt = 4; Gs = 4; break;
-    default: S = 1; Gr = 1; Gw = 1; Gt = 1; Gs = 1; break;
-  }
+// The work items go to torch's threads (at::parallel_for, with -fopenmp) only when the call
+// is large enough to repay a parallel region: a fork/join costs ~10 us on a quiet machine but
+// milliseconds when the cores are oversubscribed, which dwarfs a toy-sized call.
+constexpr int64_t kParallelMinFmas = int64_t(1) << 26;
+
+int64_t grain(const Dims& d, int64_t items) {
+  const int64_t fmas = d.B * d.T * d.N * d.D * d.D * d.Gr;  // the recurrent matmuls
+  return fmas >= kParallelMinFmas ? 1 : items;  // grain >= items: one thread runs them all
+}
+
+// spec = (kernel id, states, recurrent gates, input gates, bias gates): CellSpec.kernel_args.
+Dims make_dims(at::IntArrayRef spec, int64_t B, int64_t T, int64_t N, int64_t D, int64_t tile) {
+  TORCH_CHECK(spec.size() == 5, "spec must be (id, S, Gr, Gw, Gt)");
+  TORCH_CHECK(spec[4] <= 4 && spec[2] <= spec[4] && spec[3] <= spec[4] && spec[1] <= 4,
+              "at most 4 gates and 4 states");
+  Dims d;
+  d.B = B; d.T = T; d.N = N; d.D = D;
+  d.S = spec[1]; d.Gr = spec[2]; d.Gw = spec[3]; d.Gt = spec[4]; d.Gs = spec[4];
+  d.tile = std::max<int64_t>(1, std::min(tile, d.B));
+  return d;
 }
 
 // ------------------------------------------------------------------------ pointwise rows
@@ -291,18 +328,17 @@ void bw_row(int fn, int64_t D, const T* __restrict g0, const T* __restrict g1,
             const T* __restrict cn_, const T* __restrict nw_, const T* __restrict mn_,
             const T* __restrict dy_, const T* __restrict dc_, const T* __restrict dn_,
             const T* __restrict dm_, T* __restrict dhp, T* __restrict dcp, T* __restrict dnp,
-            T* __restrict dmp, T* __restrict dg, bool first, bool clip_fw, T cv) {
+            T* __restrict dmp, T* __restrict dg, bool first) {
   T* __restrict d0 = dg;
   T* __restrict d1 = dg + D;
   T* __restrict d2 = dg + 2 * D;
   T* __restrict d3 = dg + 3 * D;
-  const T lim = clip_fw ? cv : std::numeric_limits<T>::infinity();
   const T first_t = first ? T(1) : T(0);
   if (fn == kLSTM) {
     for (int64_t k = 0; k < D; ++k) {
       const T ig = g0[k], fg = g1[k], zg = g2[k], og = g3[k];
       const T tc = tanh_(cn_[k]);
-      const T dy = std::abs(og * tc) > lim ? T(0) : dy_[k];
+      const T dy = dy_[k];
       const T dc = dc_[k] + dy * og * (T(1) - tc * tc);
       d0[k] = dc * zg * ig * (T(1) - ig);
       d1[k] = dc * c[k] * fg * (T(1) - fg);
@@ -322,7 +358,7 @@ void bw_row(int fn, int64_t D, const T* __restrict g0, const T* __restrict g1,
       const T ig = fast_exp(ir - mn), fg = fast_exp(lf - mn);
       const T zt = tanh_(zr), og = sigmoid(orw);
       const T nsum = fg * nn[k] + ig;
-      const T dy = std::abs(og * cn / nw) > lim ? T(0) : dy_[k];
+      const T dy = dy_[k];
       const T dc = dc_[k] + dy * og / nw;
       const T dnw = dn_[k] - dy * og * cn / (nw * nw);
       const T dns = dnw * (nsum > T(1) ? T(1) : (nsum == T(1) ? T(0.5) : T(0)));
@@ -342,8 +378,7 @@ void bw_row(int fn, int64_t D, const T* __restrict g0, const T* __restrict g1,
   } else if (fn == kGRU) {
     for (int64_t k = 0; k < D; ++k) {
       const T gg = g0[k], rg = g1[k], zg = g2[k], ng = g3[k];
-      const T dy =
-          std::abs(zg * h[k] + (T(1) - zg) * ng) > lim ? T(0) : dy_[k];
+      const T dy = dy_[k];
       const T dpre = dy * (T(1) - zg) * (T(1) - ng * ng);
       d0[k] = dpre * rg;
       d1[k] = dpre * gg * rg * (T(1) - rg);
@@ -354,8 +389,7 @@ void bw_row(int fn, int64_t D, const T* __restrict g0, const T* __restrict g1,
   } else {
     for (int64_t k = 0; k < D; ++k) {
       const T yv = tanh_(g0[k]);
-      const T dy = std::abs(yv) > lim ? T(0) : dy_[k];
-      d0[k] = dy * (T(1) - yv * yv);
+      d0[k] = dy_[k] * (T(1) - yv * yv);
       dhp[k] = T(0);
     }
   }
@@ -434,7 +468,7 @@ template <typename T>
 void backward_item(int fn, const Dims& d, int64_t n0, int64_t hg, int64_t b0, int64_t bt,
                    int64_t tile_idx, const T* Rf, const T* s0, const T* out, const T* gates,
                    const T* dout, const T* dlast, T* dWx, T* dR_part, T* db_part, T* ds0,
-                   bool first_slstm, bool clip_fw, T clipval, bool clip_bw, T gclipval) {
+                   bool first_slstm, bool clip_bw, T gclipval) {
   const int64_t D = d.D, N = d.N, Tn = d.T, S = d.S, GrD = d.Gr * D, GtD = d.Gt * D;
   const int64_t o_s = d.B * Tn * N * D, o_b = Tn * N * D, o_t = N * D;
   const int64_t s_s = d.B * N * D, s_b = N * D;
@@ -494,8 +528,7 @@ void backward_item(int fn, const Dims& d, int64_t n0, int64_t hg, int64_t b0, in
         for (int64_t s = 0; s < 4; ++s) on[s] = s < S ? o + s * o_s : zeros.data();
         bw_row<T>(fn, D, g, g + g_g, g + 2 * g_g, g + 3 * g_g, prev(0, r), prev(1, r),
                   prev(2, r), prev(3, r), on[1], on[2], on[3], DS(0), DS(1), DS(2), DS(3),
-                  DSP(0), DSP(1), DSP(2), DSP(3), dgr, first_slstm && t == 0, clip_fw,
-                  clipval);
+                  DSP(0), DSP(1), DSP(2), DSP(3), dgr, first_slstm && t == 0);
         // scatter to dWx, accumulate db
         T* dw = dWx + b * w_b + t * w_t + n * D;
         for (int64_t j = 0; j < d.Gt; ++j) {
@@ -512,10 +545,13 @@ void backward_item(int fn, const Dims& d, int64_t n0, int64_t hg, int64_t b0, in
       gemm<T>(GrD, D, bt, dg.data(), 1, GtD, prev(0, 0), h_rs,
               dR_part + (tile_idx * N + n) * GrD * D, D, true);
       gemm<T>(bt, D, GrD, dg.data(), GtD, 1, Rf + n * GrD * D, D, rec.data(), D, false);
+      // dh_{t-1} = direct path (gru's z dy) + R^T dgates. flashrnn's CUDA kernels clip this
+      // sum where the next step picks it up, so never the gradient of the initial state.
+      const bool clip_now = clip_bw && t > 0;
       for (int64_t r = 0; r < bt; ++r)
         for (int64_t k = 0; k < D; ++k) {
-          const T v = rec[r * D + k];
-          dspi[r * D + k] += clip_bw ? clip(v, gclipval) : v;
+          const T v = dspi[r * D + k] + rec[r * D + k];
+          dspi[r * D + k] = clip_now ? clip(v, gclipval) : v;
         }
     }
     std::swap(ds, dsp);
@@ -528,28 +564,26 @@ void backward_item(int fn, const Dims& d, int64_t n0, int64_t hg, int64_t b0, in
               ds[i * per_head + (s * bt + r) * D + k];
 }
 
-Dims make_dims(int fn, const at::Tensor& Wx, int64_t tile) {
-  Dims d;
-  d.B = Wx.size(0); d.T = Wx.size(1); d.N = Wx.size(3); d.D = Wx.size(4);
-  gate_counts(fn, d.S, d.Gr, d.Gw, d.Gt, d.Gs);
-  d.tile = std::max<int64_t>(1, std::min(tile, d.B));
-  return d;
-}
-
 }  // namespace
 
 // Returns (out [S, B, T, N, D], gates [B, T, Gs, N, D] or empty).
-std::vector<at::Tensor> rnn_forward(int64_t fn, at::Tensor Wx, at::Tensor Rt, at::Tensor bias,
-                                    at::Tensor s0, bool store_gates, bool first_slstm,
-                                    double fw_clip, int64_t tile, int64_t head_group) {
-  const Dims d = make_dims(fn, Wx, tile);
+std::vector<at::Tensor> rnn_forward(std::vector<int64_t> spec, at::Tensor Wx, at::Tensor Rt,
+                                    at::Tensor bias, at::Tensor s0, bool store_gates,
+                                    bool first_slstm, double fw_clip, int64_t tile,
+                                    int64_t head_group) {
+  const int fn = int(spec[0]);
+  const Dims d = make_dims(spec, Wx.size(0), Wx.size(1), Wx.size(3), Wx.size(4), tile);
+  TORCH_CHECK(Wx.size(2) == d.Gw && Rt.size(2) == d.Gr * d.D && bias.size(0) == d.Gt &&
+                  s0.size(0) == d.S,
+              "tensor shapes do not match the cell spec");
   auto out = empty_huge({d.S, d.B, d.T, d.N, d.D}, Wx.options());
   auto gates = store_gates ? empty_huge({d.B, d.T, d.Gs, d.N, d.D}, Wx.options()) : at::Tensor();
   const int64_t n_tiles = (d.B + d.tile - 1) / d.tile;
   const int64_t hg = (head_group > 0 && d.N % head_group == 0) ? head_group : 1;
   const int64_t n_groups = d.N / hg;
   AT_DISPATCH_FLOATING_TYPES(Wx.scalar_type(), "rnn_forward", [&] {
-    at::parallel_for(0, n_groups * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_groups * n_tiles, grain(d, n_groups * n_tiles),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n0 = (item % n_groups) * hg, tb = item / n_groups;
         const int64_t b0 = tb * d.tile, bt = std::min(d.tile, d.B - b0);
@@ -566,16 +600,13 @@ std::vector<at::Tensor> rnn_forward(int64_t fn, at::Tensor Wx, at::Tensor Rt, at
 
 // Returns (dWx [B, T, Gw, N, D], dR_parts [tiles, N, Gr*D, D], db_parts [tiles, Gt, N, D],
 // ds0 [S, B, N, D]).
-std::vector<at::Tensor> rnn_backward(int64_t fn, at::Tensor Rf, at::Tensor s0, at::Tensor out,
-                                     at::Tensor gates, at::Tensor dout, at::Tensor dlast,
-                                     bool first_slstm, double fw_clip, double bw_clip,
+std::vector<at::Tensor> rnn_backward(std::vector<int64_t> spec, at::Tensor Rf, at::Tensor s0,
+                                     at::Tensor out, at::Tensor gates, at::Tensor dout,
+                                     at::Tensor dlast, bool first_slstm, double bw_clip,
                                      int64_t tile, int64_t head_group) {
-  // out [S, B, T, N, D] -> dims from a fake Wx view
-  Dims d;
-  d.S = out.size(0); d.B = out.size(1); d.T = out.size(2); d.N = out.size(3); d.D = out.size(4);
-  int64_t S;
-  gate_counts(fn, S, d.Gr, d.Gw, d.Gt, d.Gs);
-  d.tile = std::max<int64_t>(1, std::min(tile, d.B));
+  const int fn = int(spec[0]);
+  const Dims d = make_dims(spec, out.size(1), out.size(2), out.size(3), out.size(4), tile);
+  TORCH_CHECK(out.size(0) == d.S, "out does not match the cell spec");
   const int64_t n_tiles = (d.B + d.tile - 1) / d.tile;
   auto dWx = empty_huge({d.B, d.T, d.Gw, d.N, d.D}, out.options());
   auto dR = at::zeros({n_tiles, d.N, d.Gr * d.D, d.D}, out.options());
@@ -585,7 +616,8 @@ std::vector<at::Tensor> rnn_backward(int64_t fn, at::Tensor Rf, at::Tensor s0, a
   const int64_t hg = (head_group > 0 && d.N % head_group == 0) ? head_group : 1;
   const int64_t n_groups = d.N / hg;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
-    at::parallel_for(0, n_groups * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_groups * n_tiles, grain(d, n_groups * n_tiles),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n0 = (item % n_groups) * hg, tb = item / n_groups;
         const int64_t b0 = tb * d.tile, bt = std::min(d.tile, d.B - b0);
@@ -595,15 +627,54 @@ std::vector<at::Tensor> rnn_backward(int64_t fn, at::Tensor Rf, at::Tensor s0, a
             has_dout ? dout.data_ptr<scalar_t>() : nullptr,
             has_dlast ? dlast.data_ptr<scalar_t>() : nullptr, dWx.data_ptr<scalar_t>(),
             dR.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), ds0.data_ptr<scalar_t>(),
-            first_slstm, fw_clip > 0, static_cast<scalar_t>(fw_clip), bw_clip > 0,
-            static_cast<scalar_t>(bw_clip));
+            first_slstm, bw_clip > 0, static_cast<scalar_t>(bw_clip));
       }
     });
   });
   return {dWx, dR, db, ds0};
 }
 
+// Buffer pool control: (bytes held, bytes held by free buffers, limit).
+std::vector<int64_t> pool_stats() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  int64_t held = 0, free_bytes = 0;
+  for (auto& t : p.bufs) {
+    held += int64_t(t.nbytes());
+    if (is_free(t)) free_bytes += int64_t(t.nbytes());
+  }
+  return {held, free_bytes, p.limit};
+}
+
+// Sets the pool's limit (bytes) and drops free buffers above it; returns the bytes dropped.
+int64_t pool_set_limit(int64_t limit) {
+  TORCH_CHECK(limit >= 0, "the pool limit must be >= 0 bytes, got ", limit);
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  p.limit = limit;
+  return shrink_locked(p, limit);
+}
+
+// Drops every free buffer; returns the bytes released. Buffers still in use stay tracked.
+int64_t pool_release() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  return shrink_locked(p, 0);
+}
+
+bool built_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnn_forward, "FlashRNN CPU forward");
   m.def("backward", &rnn_backward, "FlashRNN CPU backward");
+  m.def("pool_stats", &pool_stats, "(bytes held, bytes free, limit) of the output buffer pool");
+  m.def("pool_set_limit", &pool_set_limit, "set the pool's byte limit; returns bytes dropped");
+  m.def("pool_release", &pool_release, "drop all free pooled buffers; returns bytes released");
+  m.def("built_with_openmp", &built_with_openmp, "whether at::parallel_for uses threads");
 }

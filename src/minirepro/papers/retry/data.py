@@ -1,0 +1,136 @@
+"""Training documents for the retry experiments: error-free or retry solutions, packed into
+rows of a fixed length so that every variant trains on the same number of tokens.
+
+A document is ``<bos> problem <sep> solution <eos>``. The loss covers the solution and
+``<eos>`` (the problem's facts are random draws, so predicting them teaches nothing; the
+paper pretrains on the whole text, see NOTES.md); with ``mask_errors`` the tokens of each
+wrong step (``Define <param> as``) are left out too, while ``[BACK]`` stays in.
+
+Rows are filled greedily with whole documents and padded *on the left*, so a model trained
+on them has seen left padding and can be evaluated on a left-padded batch of prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from minirepro.core.tokenizer import WordTokenizer
+from minirepro.tasks.igsm import (
+    BACK,
+    WORLDS,
+    Problem,
+    RetryKind,
+    encode_segments,
+    retry_segments,
+)
+from minirepro.tasks.igsm.generate import SYMBOLS
+
+__all__ = ["SEP", "Variant", "build_tokenizer", "document", "pack_rows", "prompt_ids"]
+
+SEP = "<sep>"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of training data.
+
+    Attributes:
+        name: Label in tables ("error-free", "retry 0.3", ...).
+        retry_rate: Chance of a wrong step before each correct step (0: error-free).
+        kind: How the wrong parameter is chosen ("retry", "retry_weak", "retry_miss").
+        mask_errors: Leave the wrong steps' tokens out of the loss.
+    """
+
+    name: str
+    retry_rate: float = 0.0
+    kind: RetryKind = "retry"
+    mask_errors: bool = False
+
+
+# Every word the templates of `minirepro.tasks.igsm` write.
+TEMPLATE_WORDS = (
+    "The number of each 's equals more than times the sum difference and , . "
+    "How many does have ? Define as ; so = + - * ( )"
+)
+
+
+def build_tokenizer(problems: Iterable[Problem] = (), mod: int = 23) -> WordTokenizer:
+    """A word tokenizer (punctuation split off) with ``<sep>`` and ``[BACK]`` as specials,
+    covering every template word, every world's names, every symbol and the numbers below
+    ``mod`` (so any generated problem encodes), plus the words of ``problems``."""
+    names = [n for w in WORLDS for n in (*w.categories, *(i for pool in w.items for i in pool))]
+    texts = [TEMPLATE_WORDS, " ".join(names), " ".join(SYMBOLS), " ".join(map(str, range(mod)))]
+    texts += [t for p in problems for t in (p.text, p.solution)]
+    return WordTokenizer.from_texts(texts, specials=[SEP, BACK], split_punct=True, strict=True)
+
+
+def prompt_ids(tok: WordTokenizer, problem: Problem) -> list[int]:
+    """``<bos> problem <sep>``: what the model is given at evaluation."""
+    return [tok.bos_id, *tok.encode(problem.text), tok.token_to_id(SEP)]
+
+
+def document(
+    tok: WordTokenizer, problem: Problem, variant: Variant, rng: random.Random
+) -> tuple[list[int], list[int]]:
+    """Token ids of one training document and its labels (next-token targets aligned with
+    the ids: ``labels[t]`` is the target for predicting ``ids[t]``; -100 = no loss)."""
+    prompt = prompt_ids(tok, problem)
+    segments = retry_segments(problem, variant.retry_rate, rng, variant.kind)
+    sol, err = encode_segments(tok, segments)
+    ids = prompt + sol + [tok.eos_id]
+    keep = [False] * len(prompt) + [not (variant.mask_errors and e) for e in err] + [True]
+    return ids, [i if k else IGNORE for i, k in zip(ids, keep)]
+
+
+def pack_rows(
+    docs: Iterable[tuple[list[int], list[int]]], n_rows: int, seq_len: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Fill ``n_rows`` rows of ``seq_len + 1`` tokens with whole documents, left-padded.
+
+    Args:
+        docs: ``(ids, labels)`` pairs, consumed in order (an iterator is drawn lazily).
+        n_rows: Rows to fill.
+        seq_len: Model sequence length S; a row holds S + 1 tokens (inputs and targets).
+        pad_id: Padding id (its labels are ignored).
+
+    Returns:
+        ``(x, y, n_docs)``: inputs (n_rows, S), targets (n_rows, S) with -100 where no
+        loss is taken, and how many documents were used.
+    """
+    it = iter(docs)
+    x = torch.full((n_rows, seq_len + 1), pad_id, dtype=torch.long)
+    y = torch.full((n_rows, seq_len + 1), IGNORE, dtype=torch.long)
+    pending: tuple[list[int], list[int]] | None = None
+    n_docs = 0
+    for r in range(n_rows):
+        ids: list[int] = []
+        labels: list[int] = []
+        while True:
+            if pending is None:
+                pending = next(it)
+                n_docs += 1
+                if len(pending[0]) > seq_len + 1:
+                    raise ValueError(
+                        f"a document of {len(pending[0])} tokens does not fit seq_len={seq_len}"
+                    )
+            if len(ids) + len(pending[0]) > seq_len + 1:
+                break
+            ids += pending[0]
+            labels += pending[1]
+            pending = None
+        start = seq_len + 1 - len(ids)
+        x[r, start:] = torch.tensor(ids)
+        y[r, start:] = torch.tensor(labels)
+    n_docs -= pending is not None
+    return x[:, :-1], y[:, 1:], n_docs
+
+
+def left_pad(prompts: Sequence[list[int]], pad_id: int) -> torch.Tensor:
+    """Prompts (B lists) as one left-padded (B, S) tensor."""
+    n = max(len(p) for p in prompts)
+    return torch.tensor([[pad_id] * (n - len(p)) + list(p) for p in prompts])

@@ -1,0 +1,154 @@
+"""retry: token-matched data, masking, scoring and the smoke preset end to end."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from minirepro.core.results import Result, RunDir
+from minirepro.papers.retry import (
+    CLAIMS,
+    PAPER,
+    PRESETS,
+    Config,
+    Variant,
+    build_tokenizer,
+    document,
+    pack_rows,
+    score,
+    variants,
+)
+from minirepro.registry import get_paper
+from minirepro.tasks.igsm import BACK, GenConfig, generate_many, retry_solution
+
+GEN = GenConfig(min_op=1, max_op=4, max_edge=6, n_layer=(2, 3), width=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return generate_many(GEN, 80, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tok(problems):
+    return build_tokenizer(problems)
+
+
+def test_paper_is_registered():
+    assert get_paper("retry") is PAPER
+    names = [v.name for v in variants(PRESETS["quick"])]
+    assert names == ["error-free", "retry 0.1", "retry 0.3", "retry 0.5", "retry 0.5 masked",
+                     "retry_weak 0.5"]  # fmt: skip
+
+
+def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
+    back = tok.token_to_id(BACK)
+    for i, p in enumerate(problems[:30]):
+        ids, labels = document(tok, p, Variant("r", 0.5), random.Random(i))
+        ids_m, labels_m = document(tok, p, Variant("m", 0.5, mask_errors=True), random.Random(i))
+        assert ids == ids_m  # the same draws: the same document
+        n_prompt = len(tok.encode(p.text)) + 2
+        assert all(v == -100 for v in labels[:n_prompt]) and labels[-1] == tok.eos_id
+        assert labels[n_prompt:] == ids[n_prompt:]
+        masked = [t for t, lab in zip(ids, labels_m) if lab == -100][n_prompt:]
+        wrong = [t for t, lab in zip(ids[n_prompt:], labels_m[n_prompt:]) if lab == -100]
+        assert masked == wrong
+        if BACK in retry_solution(p, 0.5, random.Random(i)):
+            assert back in ids and all(lab != -100 for t, lab in zip(ids, labels_m) if t == back)
+            assert tok.decode(wrong).startswith("Define")
+        else:
+            assert not wrong
+
+
+def test_packing_matches_tokens_and_left_pads(problems, tok):
+    counts = {}
+    for v in (Variant("ef"), Variant("r", 0.5)):
+        rng = random.Random(0)
+        docs = (document(tok, p, v, rng) for p in problems)
+        x, y, n = pack_rows(docs, 6, 512, tok.pad_id)
+        assert x.shape == y.shape == (6, 512)
+        counts[v.name] = n
+        for row in x:  # padding only on the left, then <bos> starts a document
+            real = (row != tok.pad_id).nonzero()
+            first = int(real[0])
+            assert row[first] == tok.bos_id and bool((row[first:] != tok.pad_id).all())
+        assert bool((y[x == tok.pad_id] == -100).all())
+    assert counts["ef"] > counts["r"] > 0  # same tokens, fewer (longer) retry documents
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows((document(tok, p, Variant("ef"), random.Random(0)) for p in problems), 2, 16, 0)
+
+
+def test_score_checks_every_step(problems):
+    ps = problems[:20]
+    sc, _ = score(ps, [p.solution for p in ps])
+    assert sc.accuracy == 1.0 and sc.back_rate == 0.0 and sc.progress == 1.0
+    sols = [retry_solution(p, 1.0, i) for i, p in enumerate(ps)]
+    sc, _ = score(ps, sols)
+    assert sc.accuracy == 1.0 and sc.back_rate > 0.5
+    broken = [p.solution.rsplit("=", 1)[0] + "= 99." for p in ps]
+    sc, checks = score(ps, broken)
+    assert sc.accuracy == 0.0 and all(c.failed_step == len(p.steps) - 1 for c, p in zip(checks, ps))
+    expect = sum((len(p.steps) - 1) / len(p.steps) for p in ps) / len(ps)
+    assert sc.progress == pytest.approx(expect)
+    with pytest.raises(ValueError, match="solutions"):
+        score(ps, broken[:3])
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="retry rates"):
+        Config(retry_rates=(0.0,))
+    with pytest.raises(ValueError, match="train_ops"):
+        Config(train_ops=(4, 1))
+
+
+def test_smoke_preset_runs_end_to_end(tmp_path):
+    cfg = PRESETS["smoke"]
+    out = RunDir("retry", cfg, root=tmp_path, preset="smoke")
+    torch.manual_seed(0)
+    results = PAPER.run(cfg, out)
+    assert all(isinstance(r, Result) for r in results) and len(results) == len(CLAIMS)
+    for claim, r in zip(CLAIMS, results):
+        assert r.claim.startswith(claim)
+        assert len(r.values) == len(cfg.seeds)
+        assert r.verdict == ("pass" if r.criterion.holds(r.mean) else "fail")
+    logs = [json.loads(line) for line in out.metrics_path.read_text().splitlines()]
+    evals = [r for r in logs if r.get("stage") == "eval"]
+    assert len(evals) == len(cfg.seeds) * len(variants(cfg)) * len(cfg.test_bins)
+    packs = {r["variant"]: r for r in logs if r.get("stage") == "pack"}
+    assert len({r["tokens"] for r in packs.values()}) == 1  # same training tokens for all
+
+
+def test_cli_rejects_bad_options_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from minirepro import cli
+
+    runner = CliRunner()
+    for override, message in [
+        ("retry_rates=0", "retry rates"),
+        ("symbol_method=greek", "symbol_method"),
+    ]:
+        args = ["run", "retry", "--preset", "smoke", "--runs-dir", str(tmp_path), "-o", override]
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_verdicts_follow_the_measured_accuracies():
+    from minirepro.papers.retry.repro import _results
+
+    cfg = PRESETS["quick"]
+    names = [v.name for v in variants(cfg)]
+
+    def table(hard):  # accuracies per variant, seed, bin; `hard` sets the last bin
+        return {n: [[0.9, 0.8, hard[n]] for _ in cfg.seeds] for n in names}
+
+    good = dict.fromkeys(names, 0.5) | {"error-free": 0.3, "retry 0.5 masked": 0.45}
+    rs = _results(cfg, table(good), dict.fromkeys(names, [0.01, 0.02]))
+    assert [r.verdict for r in rs] == ["pass", "pass", "pass", "pass"]
+    assert rs[0].mean == pytest.approx(0.2)
+    zero = dict.fromkeys(names, 0.0)
+    rs = _results(cfg, table(zero), dict.fromkeys(names, [0.0, 0.0]))
+    assert rs[0].verdict == "fail"  # no gain
+    assert rs[1].verdict == rs[2].verdict == "fail"  # nothing to compare: NaN
