@@ -1,9 +1,20 @@
 """Block allocator and prefix cache: refcounts, free list, LRU eviction, hash chains."""
 
+import hashlib
+import struct
+
 import pytest
 import torch
 
-from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache, block_key, hash_chain
+from minirepro.papers.serve.kv_cache import (
+    BlockManager,
+    PagedKVCache,
+    block_key,
+    hash_chain,
+    root_key,
+)
+
+ROOT = root_key()
 
 
 def test_allocate_release_refcounts():
@@ -20,25 +31,37 @@ def test_allocate_release_refcounts():
         bm.release([a[0]])
 
 
-def test_hash_chain_depends_on_parent():
-    keys = hash_chain([1, 2, 3, 4, 5], block_size=2)
+def test_hash_chain_is_sha256_over_parent_and_tokens():
+    keys = hash_chain([1, 2, 3, 4, 5], 2, ROOT)
     assert len(keys) == 2  # the partial last block has no name
-    assert keys[0] == block_key(None, (1, 2))
-    assert keys[1] == block_key(hash(keys[0]), (3, 4))
-    other = hash_chain([9, 9, 3, 4], block_size=2)
-    assert other[1][1] == keys[1][1] and other[1] != keys[1]  # same tokens, other prefix
-    assert hash_chain([1, 2, 3, 4], 2, start=1, parent=hash(keys[0])) == keys[1:]
+    # written out here from hashlib, not from the module's helper
+    first = hashlib.sha256(ROOT + struct.pack("<Q2q", 2, 1, 2)).digest()
+    assert (
+        keys[0] == first
+        and keys[1] == hashlib.sha256(first + struct.pack("<Q2q", 2, 3, 4)).digest()
+    )
+    other = hash_chain([9, 9, 3, 4], 2, ROOT)
+    assert other[1] != keys[1]  # same tokens, other prefix
+    assert hash_chain([1, 2, 3, 4], 2, keys[0], start=1) == keys[1:]
+    assert hash_chain([1, 2, 3, 4, 5, 6], 2, ROOT, stop=2) == keys
+    # the root is the model's identity: another model's blocks never match
+    assert hash_chain([1, 2], 2, root_key("model-b")) != hash_chain([1, 2], 2, root_key("model-a"))
+    # token lists that Python's hash() maps alike stay apart (hash(-1) == hash(-2))
+    assert hash((0, (-1,))) == hash((0, (-2,)))
+    assert block_key(ROOT, [-1]) != block_key(ROOT, [-2])
+    with pytest.raises(ValueError, match="32-byte digest"):
+        block_key(b"short", [1])
 
 
 def test_prefix_cache_share_release_reuse():
     bm = BlockManager(6, block_size=2)
     tokens = [5, 6, 7, 8, 9]
-    keys = hash_chain(tokens, 2)
+    keys = hash_chain(tokens, 2, ROOT)
     blocks = bm.allocate(3)
     for b, k in zip(blocks, keys):
         bm.register(b, k)
     # a second sequence with the same prefix shares both full blocks
-    shared = bm.match(hash_chain([5, 6, 7, 8, 1, 1], 2))
+    shared = bm.match(hash_chain([5, 6, 7, 8, 1, 1], 2, ROOT))
     assert shared == blocks[:2] and [bm.refcount[b] for b in blocks] == [2, 2, 1]
     bm.release(blocks)
     assert [bm.refcount[b] for b in blocks] == [1, 1, 0]
@@ -52,7 +75,7 @@ def test_prefix_cache_share_release_reuse():
     assert again == blocks[:2] and not bm.evictable
     bm.release(again)
     # a different prefix does not match
-    assert bm.match(hash_chain([5, 7, 7, 8], 2)) == []
+    assert bm.match(hash_chain([5, 7, 7, 8], 2, ROOT)) == []
     bm.check()
 
 
@@ -61,7 +84,7 @@ def test_lru_eviction_order():
     named = []
     for t in range(3):
         (b,) = bm.allocate(1)
-        key = block_key(None, (t,))
+        key = block_key(ROOT, (t,))
         bm.register(b, key)
         bm.release([b])
         named.append((b, key))
@@ -77,7 +100,7 @@ def test_lru_eviction_order():
 
 def test_register_duplicate_and_disabled():
     bm = BlockManager(4, block_size=2)
-    key = block_key(None, (1, 2))
+    key = block_key(ROOT, (1, 2))
     a, b = bm.allocate(2)
     bm.register(a, key)
     bm.register(b, key)  # same tokens already cached elsewhere: b stays unnamed

@@ -108,6 +108,37 @@ def test_other_prompt_or_model_does_not_restore(
     assert stranger.offload.lookup("conv", second) == 0
 
 
+def test_retemplated_chat_restores_the_common_prefix(tiny_model, tmp_path, tiny_hf, hf_greedy):
+    """The second turn's prompt is the chat template over the first turn's messages and its
+    reply, cut short (as at a stop string) and re-tokenised: the saved tokens are no longer
+    a prefix of it, but their longest common prefix is restored."""
+    from minirepro.core.tokenizer import CharTokenizer
+    from minirepro.papers.serve.served_model import CoreTokenizerAdapter, make_plain_chat_encoder
+
+    tokenizer = CoreTokenizerAdapter(CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz :\n"))
+    chat = make_plain_chat_encoder(tokenizer.encode)
+    engine = LLMEngine(
+        tiny_model,
+        tokenizer,
+        EngineConfig(block_size=4, enable_prefix_caching=False, offload_dir=str(tmp_path)),
+    )
+    turn1 = [{"role": "user", "content": "tell me a story"}]
+    first = chat(turn1)
+    reply, _ = _run(engine, "t1", first, "conv")
+    cut = tokenizer.decode(reply)[:5]  # the client keeps the reply up to a stop string
+    second = chat(
+        turn1 + [{"role": "assistant", "content": cut}, {"role": "user", "content": "go on"}]
+    )
+    saved = engine.offload.index["conv"].token_ids
+    common = next(i for i, (a, b) in enumerate(zip(saved + [-1], second)) if a != b)
+    assert second[: len(saved)] != saved and common >= len(first) >= 4
+    tokens, last = _run(engine, "t2", second, "conv")
+    assert last.cached_tokens == common and engine.stats().offload_hits == 1
+    assert tokens == hf_greedy(tiny_hf, [second], N_NEW)[0]
+    assert engine.stats().kv_blocks_used == 0
+    engine.close()
+
+
 def test_lru_bound_evicts_oldest(tmp_path):
     k = torch.randn(2, 10, 2, 4)
     probe = OffloadStore(tmp_path / "probe", max_bytes=1 << 20, fingerprint="f")
@@ -123,7 +154,9 @@ def test_lru_bound_evicts_oldest(tmp_path):
     assert store.total_bytes() <= store.max_bytes
     loaded = store.load("a", list(range(10)), 5)
     torch.testing.assert_close(loaded[0], k[:, :5], rtol=0, atol=0)
-    assert store.lookup("a", [0, 1, 2, 9]) == 0 and store.lookup("a", list(range(4))) == 4
+    # the longest common prefix, rounded down to the alignment
+    assert store.lookup("a", [0, 1, 2, 9]) == 3 and store.lookup("a", list(range(4))) == 4
+    assert store.lookup("a", [0, 1, 2, 9], align=2) == 2 and store.lookup("a", [5]) == 0
     assert not store.save(
         "huge", list(range(1000)), torch.randn(2, 1000, 2, 64), torch.randn(2, 1000, 2, 64)
     )

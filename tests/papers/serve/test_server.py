@@ -32,19 +32,21 @@ httpx = pytest.importorskip("httpx")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 from minirepro.core.generate import generate, generate_many  # noqa: E402
-from minirepro.core.model import ModelConfig, Transformer  # noqa: E402
-from minirepro.core.tokenizer import CharTokenizer  # noqa: E402
+from minirepro.core.model import Transformer  # noqa: E402
 from minirepro.papers.serve.async_engine import AsyncEngine, EngineError  # noqa: E402
 from minirepro.papers.serve.engine import EngineConfig, LLMEngine  # noqa: E402
+from minirepro.papers.serve.loadtest import serve_in_thread  # noqa: E402
 from minirepro.papers.serve.sampling import SamplingParams  # noqa: E402
 from minirepro.papers.serve.served_model import (  # noqa: E402
+    CHAR_ALPHABET,
     CoreTokenizerAdapter,
     load_checkpoint_model,
     make_plain_chat_encoder,
+    random_char_model,
 )
 from minirepro.papers.serve.server import create_app  # noqa: E402
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.?!:\n"
+ALPHABET = CHAR_ALPHABET
 MODEL = "tiny"
 
 
@@ -76,41 +78,17 @@ def running_server(
     engine = LLMEngine(model, tokenizer, config, eos_token_ids=eos)
     async_engine = AsyncEngine(engine)
     app = create_app(async_engine, model_name=name, tokenizer=tokenizer, chat_encoder=chat_encoder)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
     try:
-        yield Server(f"http://127.0.0.1:{port}", engine, async_engine, model, tokenizer)
+        with serve_in_thread(app) as url:
+            yield Server(url, engine, async_engine, model, tokenizer)
     finally:
-        server.should_exit = True
-        thread.join(10)
         async_engine.shutdown()
         engine.close()
-        sock.close()
 
 
 def tiny_model(max_seq_len: int = 2048) -> tuple[Transformer, CoreTokenizerAdapter]:
-    tokenizer = CoreTokenizerAdapter(CharTokenizer.from_text(ALPHABET))
-    torch.manual_seed(0)
-    # init_std 0.3: a random model whose greedy continuations differ from prompt to prompt
-    # (at 0.02 they mostly repeat one character), so mixed-up answers would show.
-    cfg = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        d_model=64,
-        max_seq_len=max_seq_len,
-        init_std=0.3,
-    )
-    return Transformer(cfg).eval(), tokenizer
+    served = random_char_model(max_seq_len)
+    return served.model, served.tokenizer
 
 
 @pytest.fixture(scope="module")

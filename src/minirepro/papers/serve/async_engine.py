@@ -7,8 +7,9 @@ request is unfinished and sleeps on a condition variable otherwise. Each request
 `loop.call_soon_threadsafe`, so the loop never blocks on the model.
 
 A consumer that stops early (a client that disconnects, a cancelled task) aborts its
-request, which frees its KV blocks. An exception raised by `step()` fails the requests in
-flight with `EngineError` and the thread carries on serving new ones.
+request, which frees its KV blocks. A request the engine finishes with an error (its model
+step failed) ends its stream with `EngineError`; an exception raised by `step()` itself
+fails every request in flight the same way. The thread carries on serving new ones.
 
 Example:
     >>> aengine = AsyncEngine(LLMEngine(model, tokenizer))  # doctest: +SKIP
@@ -259,7 +260,8 @@ class AsyncEngine:
                     self._cond.wait(0.05)  # no hot loop if the engine keeps failing
                 continue
             for out in outputs:
-                self._deliver(out.request_id, out)
+                error = getattr(out, "error", None)
+                self._deliver(out.request_id, out if error is None else EngineError(error))
 
 
 __all__ = ["AsyncEngine", "EngineError", "RequestStream"]

@@ -15,12 +15,17 @@ Two executor options overlap CPU work with model compute (same outputs either wa
 
 All writes into the KV cache happen on the worker, in submission order, so a block released
 by an abort or a preemption and handed to another sequence is never written out of order.
+
+A model step that raises fails only the requests of its (nano-)batch: they finish with
+finish_reason "error" (and `RequestOutput.error` saying why), their blocks are freed, and
+the engine goes on with the others, in every mode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +37,7 @@ from torch import Tensor
 
 from minirepro.core.model import Transformer
 from minirepro.papers.serve.gemm import GEMMS
-from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache, block_key
+from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache
 from minirepro.papers.serve.offload import OffloadStore
 from minirepro.papers.serve.paged_attention import BACKENDS
 from minirepro.papers.serve.runner import BatchInput, ModelRunner, SeqWork
@@ -47,8 +52,9 @@ from minirepro.papers.serve.scheduler import (
     Scheduler,
     SchedulerConfig,
     Sequence,
-    Status,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +73,9 @@ class EngineConfig:
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
     gemm: str = "auto"  # projections: "packed" (C++, decode) + oneDNN, "onednn", "torch", "auto"
+    # mixed into what the KV is said to belong to (prefix-cache root, offload files): an
+    # adapter's name or a tenant, so their cached blocks are never shared
+    cache_salt: str = ""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
@@ -96,6 +105,7 @@ class RequestOutput:
     prompt_tokens: int
     output_tokens: int
     cached_tokens: int
+    error: str | None = None  # finish_reason "error": what failed
 
 
 @dataclass
@@ -116,7 +126,7 @@ class _Launched:
     """An iteration in flight: its nano-batches and their futures (or logits)."""
 
     groups: list[list[Scheduled]]
-    results: list[Future | Tensor]
+    results: list[Future | Tensor | Exception]
 
 
 def split_nano_batches(work: list[Scheduled], sizes: Seq[int]) -> list[list[Scheduled]]:
@@ -168,8 +178,14 @@ class LLMEngine:
             w.dtype,
             w.device,
         )
+        # what the KV belongs to: the root of the prefix cache's hash chain, the offload's key
+        self.identity = hashlib.sha256(
+            repr(
+                (cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()), config.cache_salt)
+            ).encode()
+        ).hexdigest()[:16]
         self.blocks = BlockManager(
-            config.num_blocks, config.block_size, config.enable_prefix_caching
+            config.num_blocks, config.block_size, config.enable_prefix_caching, self.identity
         )
         self.runner = ModelRunner(model, self.cache, config.attention, config.gemm)
         self.scheduler = Scheduler(
@@ -181,10 +197,7 @@ class LLMEngine:
         )
         self.offload: OffloadStore | None = None
         if config.offload_dir:
-            fp = hashlib.sha256(
-                repr((cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()))).encode()
-            ).hexdigest()[:16]
-            self.offload = OffloadStore(config.offload_dir, config.offload_max_bytes, fp)
+            self.offload = OffloadStore(config.offload_dir, config.offload_max_bytes, self.identity)
         self.offload_hits = self.offload_misses = 0
         self.nano_costs = None  # nanobatch.OpCosts, measured on first use when "auto"
         self.last_plan = None  # the NanoPlan of the latest iteration ("auto")
@@ -306,41 +319,33 @@ class LLMEngine:
                 self.scheduler.add(arg)
                 continue
             seq = self._active.get(arg)
-            if seq is None or seq.finished:
-                continue
-            self.scheduler.free(seq)
-            self._finish(seq, "abort")
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.status = Status.FINISHED
-        seq.finish_reason = reason
-        seq.placeholder = 0
+            if seq is not None:
+                self.scheduler.finish(seq, "abort")
 
     def step(self) -> list[RequestOutput]:
         """Run one iteration and return what it produced (call from one thread only)."""
         self._apply_pending()
         outputs: list[RequestOutput] = []
-        self._report_aborts(outputs)
+        work = self.scheduler.schedule()  # async: iteration i+1, while i computes
         if self.config.async_scheduling:
-            work = self.scheduler.schedule()  # iteration i+1, while i computes
-            if self._inflight is not None:
-                outputs += self._process(self._inflight)
-                self._inflight = None
+            launched, self._inflight = self._inflight, None  # processed once, even if it fails
+            if launched is not None:
+                outputs += self._process(launched)
+            # a sequence whose iteration i failed has no token for its placeholder: drop it
+            work = [s for s in work if s.seq.finish_reason != "error"]
             if work:
                 self._inflight = self._launch(work)
                 self._set_placeholders(work)
-        else:
-            work = self.scheduler.schedule()
-            if work:
-                outputs += self._process(self._launch(work))
+        elif work:
+            outputs += self._process(self._launch(work))
+        self._report_finished(outputs)
         return outputs
 
-    def _report_aborts(self, outputs: list[RequestOutput]) -> None:
+    def _report_finished(self, outputs: list[RequestOutput]) -> None:
+        """Report the sequences that finished outside `_process` (aborts, scheduler errors)."""
         with self._lock:
-            seqs = list(self._active.values())
-        for seq in seqs:
-            if seq.finished and seq.finish_reason == "abort":
-                outputs.append(self._output(seq, final=True))
+            seqs = [seq for seq in self._active.values() if seq.finished]
+        outputs += [self._output(seq, final=True) for seq in seqs]
 
     def _set_placeholders(self, work: list[Scheduled]) -> None:
         for s in work:
@@ -373,14 +378,17 @@ class LLMEngine:
             groups = self._nano_groups(work)
         # one group, nothing to overlap with (no async scheduling): run it on this thread
         inline = len(groups) == 1 and not self.config.async_scheduling
-        results: list[Future | Tensor] = []
+        results: list[Future | Tensor | Exception] = []
         for group in groups:
-            batch = self.runner.prepare(
-                [SeqWork(s.start, s.num_tokens, s.block_table, s.sample) for s in group]
-            )
-            ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
-            self.runner.set_input_ids(batch, ids)
-            results.append(self.runner.forward(batch) if inline else self._run(batch))
+            try:
+                batch = self.runner.prepare(
+                    [SeqWork(s.start, s.num_tokens, s.block_table, s.sample) for s in group]
+                )
+                ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
+                self.runner.set_input_ids(batch, ids)
+                results.append(self.runner.forward(batch) if inline else self._run(batch))
+            except Exception as exc:  # fails this group's requests in `_process`
+                results.append(exc)
         return _Launched(groups, results)
 
     def _run(self, batch: BatchInput) -> Future | Tensor:
@@ -391,22 +399,34 @@ class LLMEngine:
     def _process(self, launched: _Launched) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
         for group, result in zip(launched.groups, launched.results):
-            logits = result.result() if isinstance(result, Future) else result
-            samplers = [s for s in group if s.sample and not s.seq.finished]
-            rows = [i for i, s in enumerate(x for x in group if x.sample) if not s.seq.finished]
-            if samplers:
-                tokens = sample_tokens(
-                    logits[rows] if len(rows) != logits.shape[0] else logits,
-                    [s.seq.params for s in samplers],
-                    [s.seq.generator for s in samplers],
-                )
-                for s, tok in zip(samplers, tokens):
-                    self._append(s.seq, tok)
-            for s in group:
-                self.scheduler.register_computed(s)
-            for s in samplers:
-                outputs.append(self._output(s.seq, final=s.seq.finished))
+            try:
+                outputs += self._process_group(group, result)
+            except Exception as exc:
+                log.exception("model step failed; its %d requests fail", len(group))
+                error = f"engine step failed: {type(exc).__name__}: {exc}"
+                for s in group:
+                    self.scheduler.finish(s.seq, "error", error)
         return outputs
+
+    def _process_group(
+        self, group: list[Scheduled], result: Future | Tensor | Exception
+    ) -> list[RequestOutput]:
+        if isinstance(result, Exception):
+            raise result
+        logits = result.result() if isinstance(result, Future) else result
+        samplers = [s for s in group if s.sample and not s.seq.finished]
+        rows = [i for i, s in enumerate(x for x in group if x.sample) if not s.seq.finished]
+        if samplers:
+            tokens = sample_tokens(
+                logits[rows] if len(rows) != logits.shape[0] else logits,
+                [s.seq.params for s in samplers],
+                [s.seq.generator for s in samplers],
+            )
+            for s, tok in zip(samplers, tokens):
+                self._append(s.seq, tok)
+        for s in group:
+            self.scheduler.register_computed(s)
+        return [self._output(s.seq, final=s.seq.finished) for s in samplers]
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.placeholder = 0
@@ -420,8 +440,7 @@ class LLMEngine:
             reason = "length"
         if reason is not None:
             self._save_offload(seq)
-            self.scheduler.free(seq)
-            self._finish(seq, reason)
+            self.scheduler.finish(seq, reason)
 
     def _output(self, seq: Sequence, final: bool) -> RequestOutput:
         out = RequestOutput(
@@ -433,6 +452,7 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt,
             output_tokens=seq.num_output,
             cached_tokens=seq.cached_tokens,
+            error=seq.error,
         )
         seq.new_token_ids = []
         if seq.finished:
@@ -470,46 +490,39 @@ class LLMEngine:
         if self.offload is None or seq.conversation_id is None or seq.first_scheduled:
             return 0
         self.wait_offload()  # the previous turn's file may still be being written
-        bs = self.config.block_size
-        n = min(self.offload.lookup(seq.conversation_id, seq.token_ids), len(seq.token_ids) - 1)
+        # the whole common prefix, not only whole blocks: the K/V of a position depends only
+        # on the tokens up to it (a partial last block is filled, just not named)
+        saved = self.offload.lookup(seq.conversation_id, seq.token_ids)
+        n = min(saved, len(seq.token_ids) - 1)
         if n <= seq.num_computed:  # nothing saved, or the prefix cache already has it all
             self.offload_misses += n == 0
             return 0
-        need = -(-n // bs) - len(seq.block_table)
-        if need > self.blocks.num_available():
+        if self.scheduler.blocks_needed(seq, n - seq.num_computed) > self.blocks.num_available():
             return 0
         kv = self.offload.load(seq.conversation_id, seq.token_ids, n)
         if kv is None:
             self.offload_misses += 1
             return 0
-        k, v = kv
         start = seq.num_computed
-        seq.block_table += self.blocks.allocate(need)
-        slots = self._slots(seq.block_table, start, n)
-        k, v = k[:, start:n], v[:, start:n]
+        table = self.scheduler.mark_computed(seq, n)  # the restored full blocks join the cache
+        slots = self._slots(table, start, n)
+        k, v = kv[0][:, start:n], kv[1][:, start:n]
         if self._worker is None:
             self.cache.write(slots, k, v)
         else:  # after every iteration already submitted, before any later one
             self._worker.submit(self.cache.write, slots, k, v)
-        seq.num_computed = n
-        # the restored full blocks join the prefix cache (their data is written before
-        # any later iteration reads it: same worker, in order)
-        parent = hash(seq.block_keys[-1]) if seq.block_keys else None
-        while seq.num_registered < n // bs:
-            b = seq.num_registered
-            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
-            seq.block_keys.append(key)
-            self.blocks.register(seq.block_table[b], key)
-            parent = hash(key)
-            seq.num_registered += 1
         self.offload_hits += 1
         return n - start
 
     def wait_offload(self) -> None:
-        """Block until every queued offload write is on disk."""
-        for f in self._io_futures:
-            f.result()
-        self._io_futures = []
+        """Block until every queued offload write is on disk (a failed write is logged and
+        forgotten: the next turn recomputes)."""
+        futures, self._io_futures = self._io_futures, []
+        for f in futures:
+            try:
+                f.result()
+            except Exception:
+                log.exception("a KV offload write failed")
 
     # ------------------------------------------------------------------ offline
     def generate(
@@ -525,10 +538,15 @@ class LLMEngine:
         for rid, prompt, p in zip(ids, prompts, params):
             self.add_request(rid, list(prompt), p)
         out: dict[str, list[int]] = {rid: [] for rid in ids}
+        errors = []
         while self.has_unfinished_requests():
             for o in self.step():
                 if o.request_id in out:
                     out[o.request_id] += o.new_token_ids
+                    if o.error is not None:
+                        errors.append(f"{o.request_id}: {o.error}")
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {len(ids)} requests failed; {errors[0]}")
         return [out[rid] for rid in ids]
 
     def close(self) -> None:

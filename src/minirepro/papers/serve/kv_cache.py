@@ -3,37 +3,66 @@ and automatic prefix caching over full blocks.
 
 A sequence's keys and values live in the blocks its block table lists, in order: position p
 sits in block `table[p // block_size]` at offset `p % block_size`. A full block is named by
-a hash chain (its tokens and the name of the block before it), so two sequences that share
-a prefix share its blocks. A block nobody references keeps its contents and its name while
-it waits, least recently used first, to be handed out again: a later request with the same
-prefix takes it back instead of recomputing it.
+a sha256 hash chain (the digest of the block before it, or the root digest of the model's
+identity, and the block's own tokens), so two sequences that share a prefix share its
+blocks, and nobody can craft a prompt whose name matches another prompt's blocks (Python's
+`hash()` over token tuples could be made to collide: vLLM's CVE-2025-25183). A block nobody
+references keeps its contents and its name while it waits, least recently used first, to be
+handed out again: a later request with the same prefix takes it back instead of recomputing
+it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-BlockKey = tuple[int | None, tuple[int, ...]]
+BlockKey = bytes  # a sha256 digest
 
 
-def block_key(parent_hash: int | None, tokens: Sequence[int]) -> BlockKey:
-    """Exact name of a full block: the hash of its parent block and its own tokens."""
-    return (parent_hash, tuple(tokens))
+def root_key(identity: str = "") -> BlockKey:
+    """The chain's root: the digest of what the KV belongs to (model, dtype, adapter), so
+    blocks computed by another model never match."""
+    return hashlib.sha256(b"minirepro-kv-root\0" + identity.encode()).digest()
+
+
+def block_key(parent: BlockKey, tokens: Sequence[int]) -> BlockKey:
+    """Name of a full block: sha256 over the parent block's name and the block's tokens
+    (each as 8 little-endian bytes, after their count, so no two token lists share bytes)."""
+    if len(parent) != 32:
+        raise ValueError(f"parent must be a 32-byte digest, got {len(parent)} bytes")
+    h = hashlib.sha256(parent)
+    h.update(struct.pack(f"<Q{len(tokens)}q", len(tokens), *tokens))
+    return h.digest()
 
 
 def hash_chain(
-    token_ids: Sequence[int], block_size: int, start: int = 0, parent: int | None = None
+    token_ids: Sequence[int],
+    block_size: int,
+    parent: BlockKey,
+    start: int = 0,
+    stop: int | None = None,
 ) -> list[BlockKey]:
-    """Keys of the full blocks of token_ids from block `start` on (parent: hash before it)."""
+    """Names of the full blocks `start .. stop-1` of token_ids (stop: all full blocks).
+
+    Args:
+        token_ids: the sequence's tokens.
+        block_size: tokens per block.
+        parent: the name of block `start - 1`, or `root_key(identity)` when start is 0.
+        start: first block to name.
+        stop: one past the last block to name; at most the number of full blocks.
+    """
+    full = len(token_ids) // block_size
+    stop = full if stop is None else min(stop, full)
     keys = []
-    for b in range(start, len(token_ids) // block_size):
-        key = block_key(parent, token_ids[b * block_size : (b + 1) * block_size])
-        keys.append(key)
-        parent = hash(key)
+    for b in range(start, stop):
+        parent = block_key(parent, token_ids[b * block_size : (b + 1) * block_size])
+        keys.append(parent)
     return keys
 
 
@@ -82,18 +111,27 @@ class PagedKVCache:
 class BlockManager:
     """Free list, reference counts and the prefix cache of a pool of `num_blocks` blocks.
 
+    `identity` names what the KV belongs to (see `root_key`).
+
     A block is in exactly one of three states: free (in `free`), in use (refcount > 0), or
     cached (refcount 0, still named by a key, in the LRU `evictable`). `allocate` takes free
     blocks first, then evicts the least recently used cached ones.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        identity: str = "",
+    ):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(
                 f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}"
             )
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.root = root_key(identity)  # parent of every sequence's first block
         self.free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out 0 first
         self.refcount = [0] * num_blocks
         self.key_of: list[BlockKey | None] = [None] * num_blocks

@@ -3,10 +3,11 @@
 When a request with a `conversation_id` finishes, the K/V of its prompt and output (every
 layer) is written to `<dir>/<sha1(conversation_id)>.safetensors` with the token ids, their
 checksum and a checksum of the tensor bytes in the file's metadata. The next request of the
-same conversation whose prompt starts with those tokens gets them back instead of
-prefilling them. The folder is bounded by `max_bytes`; the least recently used files go
-first. A file that is missing, truncated, corrupt, for another model, or whose tokens do not
-match is dropped and the request recomputes: `load` returns None, never wrong data.
+same conversation gets back the K/V of the longest prefix its prompt shares with the saved
+tokens instead of prefilling it. The folder is bounded by `max_bytes`; the least recently
+used files go first. A file that is missing, truncated, corrupt, for another model, or
+whose tokens do not match is dropped and the request recomputes: `load` returns None, never
+wrong data.
 """
 
 from __future__ import annotations
@@ -124,16 +125,24 @@ class OffloadStore:
             entry.path.unlink(missing_ok=True)
             self.evictions += 1
 
-    def lookup(self, conversation_id: str, prompt_ids: list[int]) -> int:
-        """How many leading prompt tokens a saved turn covers (0: none usable)."""
+    def lookup(self, conversation_id: str, prompt_ids: list[int], align: int = 1) -> int:
+        """How many leading prompt tokens a saved turn covers: the longest common prefix of
+        the saved tokens and the prompt, rounded down to a multiple of `align` (0: none).
+
+        A second turn whose earlier reply was cut at a stop string or re-tokenised by the
+        chat template still gets back everything before the first token that differs: the
+        K/V of a position depends only on the tokens up to it.
+        """
         with self.lock:
             entry = self.index.get(conversation_id)
         if entry is None:
             return 0
-        n = min(len(entry.token_ids), len(prompt_ids))
-        if entry.token_ids[:n] != prompt_ids[:n]:
-            return 0
-        return n
+        n = 0
+        for a, b in zip(entry.token_ids, prompt_ids):
+            if a != b:
+                break
+            n += 1
+        return n - n % align
 
     def load(
         self, conversation_id: str, prompt_ids: list[int], n: int

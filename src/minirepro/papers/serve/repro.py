@@ -622,7 +622,9 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
             values=[frac_total],
             criterion=AtLeast(0.5),
             seeds=[cfg.seed],
-            note=f"{where}; optimal {m['optimal_tok_s']:.0f} tok/s from {m['peak_flops'] / 1e9:.0f} "
+            note=f"{where}; engine {m['engine_tok_s']:.1f} output tok/s, "
+            f"{m['engine_total_tok_s']:.1f} prompt + output tok/s; optimal "
+            f"{m['optimal_tok_s']:.0f} tok/s from {m['peak_flops'] / 1e9:.0f} "
             f"GFLOP/s; output tokens only: {frac_out:.3f}; per CPU-second (shared-machine "
             f"correction): {frac_cpu:.3f}",
         ),

@@ -3,12 +3,19 @@
 Each iteration has a token budget (`max_num_batched_tokens`). Running sequences come first
 (one token each when decoding, the next chunk of their prompt when prefilling), then waiting
 ones in arrival order while the budget, `max_num_seqs` and the free blocks allow. A prompt
-longer than the remaining budget is prefilled in chunks over several iterations. When the
-blocks run out, the newest running sequence is preempted: its blocks are released and it
-goes back to the front of the queue, to be recomputed (prompt and output so far) later.
+longer than the remaining budget is prefilled in chunks over several iterations; without
+chunked prefill it waits for an iteration with nothing else in it and runs alone (over the
+budget), so it never blocks the queue for good. When the blocks run out, the newest
+running sequence is preempted: its blocks are released and it goes back to the front of
+the queue, to be recomputed (prompt and output so far) later.
 
 With async scheduling the next iteration is formed while the current one still runs: a
 sequence whose next token is not known yet counts one placeholder token.
+
+A sequence's queue, blocks and status change only here: `schedule` admits, preempts and
+advances it, `mark_computed` names the blocks restored from the KV offload (as
+`register_computed` those an iteration filled), and `finish` (stop, length, abort, error)
+releases its blocks and takes it out of the queues. The engine appends sampled tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minirepro.papers.serve.kv_cache import BlockKey, BlockManager, block_key
+from minirepro.papers.serve.kv_cache import BlockKey, BlockManager, hash_chain
 from minirepro.papers.serve.sampling import Detokenizer, SamplingParams
 
 
@@ -53,6 +60,7 @@ class Sequence:
     first_scheduled: bool = False
     epoch: int = 0  # bumped on preemption: results of older iterations no longer apply
     finish_reason: str | None = None
+    error: str | None = None  # why it failed (finish_reason "error")
     new_token_ids: list[int] = field(default_factory=list)  # not yet reported
 
     def __post_init__(self) -> None:
@@ -120,14 +128,20 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def free(self, seq: Sequence) -> None:
-        """Release a sequence's blocks and take it out of the queues."""
-        self.blocks.release(seq.block_table)
-        seq.block_table = []
+    def finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        """The one way out: release the sequence's blocks, take it out of the queues and
+        mark it finished (reason: "stop", "length", "abort" or "error"). Idempotent."""
+        if seq.finished:
+            return
+        blocks, seq.block_table = seq.block_table, []
+        self.blocks.release(blocks)
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+        seq.finish_reason, seq.error = reason, error
+        seq.placeholder = 0
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.release(seq.block_table)
@@ -139,7 +153,7 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         need = -(-(seq.num_computed + num_tokens) // self.block_size)
         return max(0, need - len(seq.block_table))
 
@@ -148,11 +162,7 @@ class Scheduler:
         the last token is always computed, it yields the logits)."""
         bs = self.block_size
         usable = (len(seq.token_ids) - 1) // bs
-        keys, parent = [], None
-        for b in range(usable):
-            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
-            keys.append(key)
-            parent = hash(key)
+        keys = hash_chain(seq.token_ids, bs, self.blocks.root, stop=usable)
         blocks = self.blocks.match(keys)
         seq.block_table = blocks
         seq.block_keys = keys[: len(blocks)]
@@ -173,11 +183,11 @@ class Scheduler:
             if n <= 0:
                 i += 1
                 continue
-            if n > budget and not cfg.enable_chunked_prefill:
+            if n > budget and not cfg.enable_chunked_prefill and out:
                 i += 1
                 continue
-            n = min(n, budget)
-            need = self._blocks_needed(seq, n)
+            n = n if not cfg.enable_chunked_prefill else min(n, budget)
+            need = self.blocks_needed(seq, n)
             while need > self.blocks.num_available():
                 victim = self.running[-1]
                 if id(victim) in scheduled_ids:
@@ -204,10 +214,10 @@ class Scheduler:
                 if self.restore is not None:
                     self.restore(seq)
             n = seq.num_total - seq.num_computed
-            if n > budget and not cfg.enable_chunked_prefill:
-                break
-            n = min(n, budget)
-            need = self._blocks_needed(seq, n)
+            if n > budget and not cfg.enable_chunked_prefill and out:
+                break  # over the budget: it runs alone, in an iteration of its own
+            n = n if not cfg.enable_chunked_prefill else min(n, budget)
+            need = self.blocks_needed(seq, n)
             if need > self.blocks.num_available():
                 self.blocks.release(seq.block_table)  # give back the prefix taken above
                 seq.block_table, seq.block_keys = [], []
@@ -224,6 +234,11 @@ class Scheduler:
             self.running.append(seq)
             out.append(self._take(seq, n))
             budget -= n
+        if not out and not preempted and not self.running and self.waiting:
+            # nothing runs and the head still cannot start: it never will (the engine checks
+            # sizes on admission, so this is a safety net, not a path): fail it, not loop
+            seq = self.waiting[0]
+            self.finish(seq, "error", f"{seq.num_total} tokens cannot be scheduled")
         return out
 
     def _take(self, seq: Sequence, n: int) -> Scheduled:
@@ -243,12 +258,27 @@ class Scheduler:
         seq = s.seq
         if seq.epoch != s.epoch or seq.status is not Status.RUNNING:
             return
-        bs = self.block_size
-        full = min(s.start + s.num_tokens, len(seq.token_ids)) // bs
-        while seq.num_registered < full:
-            b = seq.num_registered
-            parent = hash(seq.block_keys[-1]) if seq.block_keys else None
-            key = block_key(parent, seq.token_ids[b * bs : (b + 1) * bs])
-            seq.block_keys.append(key)
+        self._name_blocks(seq, min(s.start + s.num_tokens, len(seq.token_ids)))
+
+    def mark_computed(self, seq: Sequence, n: int) -> list[int]:
+        """Make the sequence's first n positions count as computed (their K/V restored from
+        elsewhere): allocate the blocks they need, name the full ones. Returns the block
+        table; the caller writes the K/V of positions num_computed..n-1 before any later
+        iteration reads it."""
+        need = self.blocks_needed(seq, n - seq.num_computed)
+        seq.block_table += self.blocks.allocate(need)
+        seq.num_computed = n
+        self._name_blocks(seq, n)
+        return seq.block_table
+
+    def _name_blocks(self, seq: Sequence, n: int) -> None:
+        """Register the full blocks among the first n positions in the prefix cache."""
+        full = n // self.block_size
+        if seq.num_registered >= full:
+            return
+        parent = seq.block_keys[-1] if seq.block_keys else self.blocks.root
+        keys = hash_chain(seq.token_ids, self.block_size, parent, seq.num_registered, full)
+        for b, key in enumerate(keys, start=seq.num_registered):
             self.blocks.register(seq.block_table[b], key)
-            seq.num_registered += 1
+        seq.block_keys += keys
+        seq.num_registered = full

@@ -95,6 +95,37 @@ def load_served_model(spec: str) -> ServedModel:
     return load_checkpoint_model(path)
 
 
+CHAR_ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.?!:\n"
+
+
+def random_char_model(max_seq_len: int = 2048, seed: int = 0) -> ServedModel:
+    """A random 2-layer decoder over a character tokenizer, with the plain chat template:
+    its answers are noise, but it exercises the whole server in milliseconds (tests, soaks).
+
+    init_std 0.3 makes greedy continuations differ from prompt to prompt (at 0.02 they mostly
+    repeat one character), so answers mixed up between requests would show.
+    """
+    import torch
+
+    from minirepro.core.model import ModelConfig, Transformer
+    from minirepro.core.tokenizer import CharTokenizer
+
+    tokenizer = CoreTokenizerAdapter(CharTokenizer.from_text(CHAR_ALPHABET))
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=64,
+        max_seq_len=max_seq_len,
+        init_std=0.3,
+    )
+    chat = make_plain_chat_encoder(tokenizer.encode)
+    eos = (tokenizer.eos_token_id,)
+    return ServedModel("random-char", Transformer(cfg).eval(), tokenizer, chat, eos)
+
+
 _MODEL_CONFIG_FILES = ("model_config.json", "config.json")
 
 
@@ -234,4 +265,5 @@ __all__ = [
     "load_checkpoint_model",
     "load_served_model",
     "make_plain_chat_encoder",
+    "random_char_model",
 ]

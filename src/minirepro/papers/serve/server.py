@@ -1,15 +1,18 @@
 """An OpenAI-compatible HTTP server over `AsyncEngine` (FastAPI).
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with SSE streaming:
-``data: {chunk}`` events ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health``
-and ``GET /metrics`` (Prometheus text, see `metrics.py`).
+``data: {chunk}`` events ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (Prometheus text, see `metrics.py`), and the OpenAPI schema at
+``GET /openapi.json`` with its pages at ``/docs`` and ``/redoc``.
 
 Every invalid request is answered with a 4xx and OpenAI's error shape
 ``{"error": {"message", "type", "param", "code"}}`` (see `protocol.py`): bad JSON, missing
 fields, wrong types, out-of-range sampling values, unknown model names, prompts too long for
 the model, and the features we do not implement (``n`` > 1, ``echo``, ``logprobs``,
 penalties, ``logit_bias``, tools). A failure inside the engine is a 500 for the requests it
-hit; the server keeps serving.
+hit; the server keeps serving. `admission.py` caps the body size (413), the prompts per
+request (400, before tokenising) and the engine's waiting queue (429 with Retry-After).
+Tokenisation and chat templating run on a worker thread, off the event loop.
 
 A client that disconnects, mid-stream or while it waits for a non-streamed answer, has its
 requests aborted, which frees their KV blocks.
@@ -36,13 +39,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from minirepro.papers.serve.admission import AdmissionLimits
 from minirepro.papers.serve.async_engine import AsyncEngine, EngineError, RequestStream
 from minirepro.papers.serve.metrics import RequestTracker, ServerMetrics
+from minirepro.papers.serve.openapi import ERROR_RESPONSES, openapi_schema
 from minirepro.papers.serve.protocol import (
     DEFAULT_COMPLETION_TOKENS,
-    MAX_PROMPTS_PER_REQUEST,
     APIError,
     ChatBody,
     ChatFormat,
@@ -173,39 +178,47 @@ class OpenAIServer:
         tokenizer: Any,
         chat_encoder: ChatEncoder | None,
         limits: Limits,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self.async_engine = async_engine
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.chat_encoder = chat_encoder
         self.limits = limits
+        self.admission = admission or AdmissionLimits()
         self.metrics = ServerMetrics(async_engine.stats)
         self.created = int(time.time())
 
     # ----- endpoints -----
+    async def _parse(self, request: Request, schema: type[Any]) -> Any:
+        raw = await self.admission.read_body(request)
+        if len(raw) < 1 << 16:
+            return parse_body(raw, schema)
+        return await run_in_threadpool(parse_body, raw, schema)  # large: off the event loop
+
     async def completions(self, request: Request) -> Response:
-        body: CompletionBody = parse_body(await request.body(), CompletionBody)
+        body: CompletionBody = await self._parse(request, CompletionBody)
         self._check_model(body.model)
         body.check_supported()
         p = body.prompt
-        if isinstance(p, str):
-            prompts = [self._encode(p, "prompt")]
-        elif not p:
+        if isinstance(p, list) and not p:
             raise bad_request("prompt is empty", "prompt")
+        single = isinstance(p, str) or isinstance(p[0], int)
+        self.admission.check_prompts(1 if single else len(p))  # before any tokenisation
+        if isinstance(p, str):
+            prompts = await run_in_threadpool(self._encode, [p], "prompt")
         elif isinstance(p[0], int):
             prompts = [list(p)]
         elif isinstance(p[0], str):
-            prompts = [self._encode(s, "prompt") for s in p]
+            prompts = await run_in_threadpool(self._encode, p, "prompt")
         else:
             prompts = [list(x) for x in p]
-        if len(prompts) > MAX_PROMPTS_PER_REQUEST:
-            raise bad_request(f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request", "prompt")
         prompts = [self.limits.check_ids(ids, "prompt") for ids in prompts]
         max_tokens = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
         return await self._generate(request, body, prompts, max_tokens, "prompt", CompletionFormat)
 
     async def chat_completions(self, request: Request) -> Response:
-        body: ChatBody = parse_body(await request.body(), ChatBody)
+        body: ChatBody = await self._parse(request, ChatBody)
         self._check_model(body.model)
         body.check_supported()
         if self.chat_encoder is None:
@@ -213,10 +226,7 @@ class OpenAIServer:
                 f"model '{self.model_name}' has no chat template: use /v1/completions", "messages"
             )
         messages = body.plain_messages()
-        try:
-            ids = list(self.chat_encoder(messages))
-        except Exception as exc:  # the template or tokenizer rejected this conversation
-            raise bad_request(f"cannot apply the chat template: {exc}", "messages") from None
+        ids = await run_in_threadpool(self._template, messages)
         ids = self.limits.check_ids(ids, "messages")
         max_tokens = body.max_completion_tokens
         if max_tokens is None:
@@ -240,7 +250,7 @@ class OpenAIServer:
 
     def error_response(self, exc: APIError) -> JSONResponse:
         self.metrics.http_errors.labels(str(exc.status)).inc()
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     # ----- request → engine → response -----
     def _check_model(self, name: str | None) -> None:
@@ -252,13 +262,21 @@ class OpenAIServer:
                 code="model_not_found",
             )
 
-    def _encode(self, text: str, param: str) -> list[int]:
+    def _encode(self, texts: list[str], param: str) -> list[list[int]]:
+        """Token ids of each text (runs on a worker thread)."""
         if self.tokenizer is None:
             raise bad_request(f"model '{self.model_name}' has no tokenizer: send token ids", param)
         try:
-            return list(self.tokenizer.encode(text))
+            return [list(self.tokenizer.encode(text)) for text in texts]
         except (ValueError, TypeError) as exc:  # HF: TypeError on a lone surrogate
             raise bad_request(f"cannot tokenise {param}: {exc}", param) from None
+
+    def _template(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt ids of a conversation in the chat template (runs on a worker thread)."""
+        try:
+            return list(self.chat_encoder(messages))
+        except Exception as exc:  # the template or tokenizer rejected this conversation
+            raise bad_request(f"cannot apply the chat template: {exc}", "messages") from None
 
     def _start(
         self,
@@ -273,6 +291,8 @@ class OpenAIServer:
         params = [sampling_params(body, max_tokens, len(p), self.limits, param) for p in prompts]
         if not self.async_engine.is_running:
             raise APIError(503, "the engine is not running", type="service_unavailable")
+        # no await between this check and the adds below: no other request slips in between
+        self.admission.check_queue(self.async_engine.stats().num_waiting, len(prompts))
         streams: list[RequestStream] = []
         try:
             for i, (ids, p) in enumerate(zip(prompts, params)):
@@ -373,6 +393,7 @@ def create_app(
     chat_encoder: ChatEncoder | None = None,
     max_model_len: int | None = None,
     vocab_size: int | None = None,
+    admission: AdmissionLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `async_engine` under the name `model_name`.
 
@@ -384,6 +405,7 @@ def create_app(
             `Pretrained.encode_chat`); None disables /v1/chat/completions (400).
         max_model_len: longest prompt + output; default the model's ``max_seq_len``.
         vocab_size: token ids must be below it; default the model's.
+        admission: caps on body size, prompts per request and the waiting queue.
     """
     model_cfg = getattr(getattr(async_engine.engine, "model", None), "cfg", None)
     max_len = max_model_len or getattr(model_cfg, "max_seq_len", None)
@@ -395,10 +417,9 @@ def create_app(
     if hasattr(engine_cfg, "num_blocks") and hasattr(engine_cfg, "block_size"):
         # one request's prompt + output must also fit in the whole KV pool
         request_len = min(max_len, engine_cfg.num_blocks * engine_cfg.block_size)
-    server = OpenAIServer(
-        async_engine, model_name, tokenizer, chat_encoder, Limits(vocab, max_len, request_len)
-    )
-    app = FastAPI(title="minirepro serve", docs_url=None, redoc_url=None, openapi_url=None)
+    limits = Limits(vocab, max_len, request_len)
+    server = OpenAIServer(async_engine, model_name, tokenizer, chat_encoder, limits, admission)
+    app = FastAPI(title="minirepro serve", version="1", description=__doc__.split("\n\n")[0])
     app.state.server = server
     app.state.metrics = server.metrics
 
@@ -420,11 +441,12 @@ def create_app(
         message = f"internal error: {type(exc).__name__}: {exc}"
         return server.error_response(APIError(500, message, type="internal_error"))
 
-    app.post("/v1/completions")(server.completions)
-    app.post("/v1/chat/completions")(server.chat_completions)
+    app.post("/v1/completions", responses=ERROR_RESPONSES)(server.completions)
+    app.post("/v1/chat/completions", responses=ERROR_RESPONSES)(server.chat_completions)
     app.get("/v1/models")(server.models)
     app.get("/health")(server.health)
     app.get("/metrics")(server.prometheus)
+    app.openapi = lambda: openapi_schema(app)
     return app
 
 
