@@ -1,4 +1,9 @@
-"""Shared fixtures: the real SmolLM2 is loaded once per test session."""
+"""Shared fixtures: the real SmolLM2 is loaded once per test session; Triton's interpreter
+for the modules that test Triton kernels on the CPU."""
+
+import contextlib
+import importlib
+import sys
 
 import pytest
 import torch
@@ -47,3 +52,42 @@ def peaked_tiny_model():
     with torch.no_grad():
         m.lm_head.weight.mul_(40)  # larger output weights: peaked next-token distributions
     return m
+
+
+@contextlib.contextmanager
+def _interpreted_triton(*kernel_modules: str):
+    """TRITON_INTERPRET=1, with triton and `kernel_modules` imported afresh under it.
+
+    triton reads the flag when a function is decorated (its own library functions at import),
+    so setting it for one test module means importing triton and the modules that decorate
+    kernels anew, and putting the original modules back afterwards: the flag never holds for
+    the whole pytest process, and one module's interpreted triton never leaks into another's.
+    """
+
+    def loaded() -> dict:
+        return {
+            name: module
+            for name, module in sys.modules.items()
+            if name in kernel_modules
+            or (name.split(".")[0] == "triton" and not name.startswith("triton._C"))
+        }
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        original = loaded()
+        for name in original:
+            del sys.modules[name]
+        importlib.import_module("triton")
+        try:
+            yield
+        finally:
+            for name in loaded():
+                del sys.modules[name]
+            sys.modules.update(original)
+
+
+@pytest.fixture(scope="session")
+def interpreted_triton_for():
+    """`with interpreted_triton_for("pkg.kernel_module", ...):` runs under Triton's interpreter
+    (use it from a module-scoped fixture: re-importing triton costs about a second)."""
+    return _interpreted_triton

@@ -8,8 +8,6 @@ puts the original modules back afterwards. (Module scope: re-importing triton pe
 would cost about a second each.)
 """
 
-import importlib
-import sys
 import warnings
 
 import pytest
@@ -41,29 +39,13 @@ from minirepro.papers.flexattn.reference import dense_flex_attention  # noqa: E4
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("interpreted_triton")]
 
 
-def _triton_modules() -> dict:
-    """triton's Python modules and ours that import it (not its C extension)."""
-    ours = ("minirepro.papers.flexattn.triton_kernel", "minirepro.papers.flexattn.triton_bwd")
-    return {
-        name: module
-        for name, module in sys.modules.items()
-        if name in ours or (name.split(".")[0] == "triton" and not name.startswith("triton._C"))
-    }
-
-
 @pytest.fixture(scope="module")
-def interpreted_triton():
-    """TRITON_INTERPRET=1 for this module's tests, triton decorated under it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        original = _triton_modules()
-        for name in original:
-            del sys.modules[name]
-        importlib.import_module("triton")
+def interpreted_triton(interpreted_triton_for):
+    """TRITON_INTERPRET=1 for this module's tests, triton and our kernels decorated under it."""
+    with interpreted_triton_for(
+        "minirepro.papers.flexattn.triton_kernel", "minirepro.papers.flexattn.triton_bwd"
+    ):
         yield
-        for name in _triton_modules():
-            del sys.modules[name]
-        sys.modules.update(original)
 
 
 TRITON = {"backend": "triton"}

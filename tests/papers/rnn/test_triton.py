@@ -1,13 +1,10 @@
 """The Triton backend under TRITON_INTERPRET=1, against PyPI flashrnn's vanilla loop, our C++
 kernel and the reference loop: outputs, last states and every gradient. Tiny shapes (the
-interpreter runs each program in Python)."""
+interpreter runs each program in Python). The interpreter flag holds for this module only
+(tests/conftest.py's `interpreted_triton_for`), not for the pytest process."""
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (and the kernel module) is imported
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'triton>=3.4,<3.9')")
 
@@ -21,7 +18,14 @@ from minirepro.papers.rnn.tiling import (  # noqa: E402
 
 from .test_flashrnn import _assert_all_close, _inputs, _run  # noqa: E402
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("interpreted_triton")]
+
+
+@pytest.fixture(scope="module")
+def interpreted_triton(interpreted_triton_for):
+    with interpreted_triton_for("minirepro.papers.rnn.triton_kernel"):
+        yield
+
 
 FNS = list(FUNCTIONS)
 # (B, T, N, D, with_states): D below the 16 of tl.dot and not a power of two (padding),
