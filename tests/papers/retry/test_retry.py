@@ -61,6 +61,27 @@ def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
             assert not wrong
 
 
+def test_whole_names_are_one_token_and_decode_back(problems, tok):
+    names = build_tokenizer(problems, whole_names=True)
+    for p in problems[:30]:
+        for text in (p.text, p.solution):
+            ids = names.encode(text)
+            assert names.decode(ids) == tok.decode(tok.encode(text))  # same text back
+            assert len(ids) <= len(tok.encode(text))
+        assert score([p], [names.decode(names.encode(p.solution))])[0].accuracy == 1.0
+    assert len(names.encode("Stone City's Night Market")) == 4
+    assert len(tok.encode("Stone City's Night Market")) == 6
+
+
+def test_statement_loss_covers_the_statement_only_when_asked(problems, tok):
+    p, v = problems[0], Variant("ef")
+    ids, plain = document(tok, p, v, random.Random(0))
+    _, full = document(tok, p, v, random.Random(0), statement_loss=True)
+    n_prompt = len(tok.encode(p.text)) + 2
+    assert full[n_prompt:] == plain[n_prompt:] and full[0] == -100
+    assert full[1:n_prompt] == ids[1:n_prompt] and set(plain[:n_prompt]) == {-100}
+
+
 def test_packing_matches_tokens_and_left_pads(problems, tok):
     counts = {}
     for v in (Variant("ef"), Variant("r", 0.5)):
@@ -100,6 +121,8 @@ def test_config_rejects_bad_values():
         Config(retry_rates=(0.0,))
     with pytest.raises(ValueError, match="train_ops"):
         Config(train_ops=(4, 1))
+    with pytest.raises(ValueError, match="ablation_rate"):
+        Config(retry_rates=(0.3,), ablation_rate=0.5)
 
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
