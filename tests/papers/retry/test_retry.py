@@ -1,6 +1,8 @@
 """retry: token-matched data, masking, scoring and the smoke preset end to end."""
 
+import dataclasses
 import json
+import math
 import random
 
 import pytest
@@ -37,9 +39,10 @@ def tok(problems):
 
 def test_paper_is_registered():
     assert get_paper("retry") is PAPER
-    names = [v.name for v in variants(PRESETS["quick"])]
+    names = [v.name for v in variants(PRESETS["full"])]
     assert names == ["error-free", "retry 0.1", "retry 0.3", "retry 0.5", "retry 0.5 masked",
                      "retry_weak 0.5"]  # fmt: skip
+    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.5"]
 
 
 def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
@@ -161,7 +164,7 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
 def test_verdicts_follow_the_measured_accuracies():
     from minirepro.papers.retry.repro import _results
 
-    cfg = PRESETS["quick"]
+    cfg = dataclasses.replace(PRESETS["quick"], ablations=True)
     names = [v.name for v in variants(cfg)]
 
     def table(hard):  # accuracies per variant, seed, bin; `hard` sets the last bin
@@ -175,3 +178,8 @@ def test_verdicts_follow_the_measured_accuracies():
     rs = _results(cfg, table(zero), dict.fromkeys(names, [0.0, 0.0]))
     assert rs[0].verdict == "fail"  # no gain
     assert rs[1].verdict == rs[2].verdict == "fail"  # nothing to compare: NaN
+    quick = PRESETS["quick"]  # no ablations trained: NaN, never a pass
+    trained = {n: v for n, v in table(good).items() if "masked" not in n and "weak" not in n}
+    rs = _results(quick, trained, dict.fromkeys(trained, [0.01, 0.02]))
+    assert [r.verdict for r in rs] == ["pass", "fail", "fail", "pass"]
+    assert all(math.isnan(v) for r in rs[1:3] for v in r.values)
