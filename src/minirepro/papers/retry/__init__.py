@@ -27,7 +27,14 @@ headline claim fails here for lack of scale, not as evidence against it. See NOT
 Run: `minirepro run retry --preset quick` (smoke: seconds; full: closer to the paper).
 """
 
-from minirepro.papers.retry.data import Variant, build_tokenizer, document, pack_rows, prompt_ids
+from minirepro.papers.retry.data import (
+    NameTokenizer,
+    Variant,
+    build_tokenizer,
+    document,
+    pack_rows,
+    prompt_ids,
+)
 from minirepro.papers.retry.evaluate import Scores, score, solve
 from minirepro.papers.retry.repro import CLAIMS, PRESETS, Config, run, variants
 from minirepro.registry import Paper
@@ -48,6 +55,7 @@ __all__ = [
     "PAPER",
     "PRESETS",
     "Config",
+    "NameTokenizer",
     "Scores",
     "Variant",
     "build_tokenizer",

@@ -30,7 +30,15 @@ from minirepro.tasks.igsm import (
 )
 from minirepro.tasks.igsm.generate import SYMBOLS
 
-__all__ = ["SEP", "Variant", "build_tokenizer", "document", "pack_rows", "prompt_ids"]
+__all__ = [
+    "SEP",
+    "NameTokenizer",
+    "Variant",
+    "build_tokenizer",
+    "document",
+    "pack_rows",
+    "prompt_ids",
+]
 
 SEP = "<sep>"
 IGNORE = -100
