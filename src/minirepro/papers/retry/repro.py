@@ -142,11 +142,11 @@ PRESETS = {
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
     # <= 5 minutes on 2 cores: error-free vs retry 0.5 (no ablations) x 2 seeds of a 3-layer
-    # d=96 decoder, 1400 steps of 8 x 192 tokens (about one document per row), on two-layer,
+    # d=96 decoder, 800 steps of 8 x 192 tokens (about one document per row), on two-layer,
     # two-item structures with 3 sentences in dependency order, op 1-3 (test one bin beyond);
     # one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
     "quick": Config(
-        steps=1400, batch_size=8, seq_len=192, d_model=96, n_layer_model=3, n_head=4,
+        steps=800, batch_size=8, seq_len=192, d_model=96, n_layer_model=3, n_head=4,
         n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True,
         train_ops=(1, 3), test_bins=((1, 2), (3, 3), (4, 5)), n_test=50, lr=1e-2,
         symbol_method="seq", retry_rates=(0.5,), ablations=False,
