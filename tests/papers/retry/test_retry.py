@@ -1,6 +1,8 @@
 """retry: token-matched data, masking, scoring and the smoke preset end to end."""
 
+import dataclasses
 import json
+import math
 import random
 
 import pytest
@@ -37,9 +39,10 @@ def tok(problems):
 
 def test_paper_is_registered():
     assert get_paper("retry") is PAPER
-    names = [v.name for v in variants(PRESETS["quick"])]
+    names = [v.name for v in variants(PRESETS["full"])]
     assert names == ["error-free", "retry 0.1", "retry 0.3", "retry 0.5", "retry 0.5 masked",
                      "retry_weak 0.5"]  # fmt: skip
+    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.5"]
 
 
 def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
@@ -59,6 +62,27 @@ def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
             assert tok.decode(wrong).startswith("Define")
         else:
             assert not wrong
+
+
+def test_whole_names_are_one_token_and_decode_back(problems, tok):
+    names = build_tokenizer(problems, whole_names=True)
+    for p in problems[:30]:
+        for text in (p.text, p.solution):
+            ids = names.encode(text)
+            assert names.decode(ids) == tok.decode(tok.encode(text))  # same text back
+            assert len(ids) <= len(tok.encode(text))
+        assert score([p], [names.decode(names.encode(p.solution))])[0].accuracy == 1.0
+    assert len(names.encode("Stone City's Night Market")) == 4
+    assert len(tok.encode("Stone City's Night Market")) == 6
+
+
+def test_statement_loss_covers_the_statement_only_when_asked(problems, tok):
+    p, v = problems[0], Variant("ef")
+    ids, plain = document(tok, p, v, random.Random(0))
+    _, full = document(tok, p, v, random.Random(0), statement_loss=True)
+    n_prompt = len(tok.encode(p.text)) + 2
+    assert full[n_prompt:] == plain[n_prompt:] and full[0] == -100
+    assert full[1:n_prompt] == ids[1:n_prompt] and set(plain[:n_prompt]) == {-100}
 
 
 def test_packing_matches_tokens_and_left_pads(problems, tok):
@@ -100,6 +124,8 @@ def test_config_rejects_bad_values():
         Config(retry_rates=(0.0,))
     with pytest.raises(ValueError, match="train_ops"):
         Config(train_ops=(4, 1))
+    with pytest.raises(ValueError, match="ablation_rate"):
+        Config(retry_rates=(0.3,), ablation_rate=0.5)
 
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
@@ -138,7 +164,7 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
 def test_verdicts_follow_the_measured_accuracies():
     from minirepro.papers.retry.repro import _results
 
-    cfg = PRESETS["quick"]
+    cfg = dataclasses.replace(PRESETS["quick"], ablations=True)
     names = [v.name for v in variants(cfg)]
 
     def table(hard):  # accuracies per variant, seed, bin; `hard` sets the last bin
@@ -152,3 +178,8 @@ def test_verdicts_follow_the_measured_accuracies():
     rs = _results(cfg, table(zero), dict.fromkeys(names, [0.0, 0.0]))
     assert rs[0].verdict == "fail"  # no gain
     assert rs[1].verdict == rs[2].verdict == "fail"  # nothing to compare: NaN
+    quick = PRESETS["quick"]  # no ablations trained: NaN, never a pass
+    trained = {n: v for n, v in table(good).items() if "masked" not in n and "weak" not in n}
+    rs = _results(quick, trained, dict.fromkeys(trained, [0.01, 0.02]))
+    assert [r.verdict for r in rs] == ["pass", "fail", "fail", "pass"]
+    assert all(math.isnan(v) for r in rs[1:3] for v in r.values)

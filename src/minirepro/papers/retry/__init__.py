@@ -20,14 +20,24 @@ Implemented here:
   and the share of solutions that use [BACK].
 
 Deviations: a tiny decoder and small problems (quick: op 1-3 in training, two-layer
-two-item structures, sequential symbols) instead of a 12-layer GPT-2 on iGSM-med; the loss
-skips the problem text. At the quick preset's budget the models solve nothing yet, so the
-headline claim fails here for lack of scale, not as evidence against it. See NOTES.md.
+two-item structures with 3 sentences in dependency order, sequential symbols, one token
+per name, rows of about one document, error-free vs retry 0.5 only) instead of a 12-layer
+GPT-2 on iGSM-med; the loss skips the problem text. At the quick preset's budget the models
+learn to copy names and numbers and get part of each solution right, but solve (almost)
+no problem end to end, so the headline claim cannot show there; see NOTES.md for the
+measured figures and the diagnosis.
 
 Run: `minirepro run retry --preset quick` (smoke: seconds; full: closer to the paper).
 """
 
-from minirepro.papers.retry.data import Variant, build_tokenizer, document, pack_rows, prompt_ids
+from minirepro.papers.retry.data import (
+    NameTokenizer,
+    Variant,
+    build_tokenizer,
+    document,
+    pack_rows,
+    prompt_ids,
+)
 from minirepro.papers.retry.evaluate import Scores, score, solve
 from minirepro.papers.retry.repro import CLAIMS, PRESETS, Config, run, variants
 from minirepro.registry import Paper
@@ -48,6 +58,7 @@ __all__ = [
     "PAPER",
     "PRESETS",
     "Config",
+    "NameTokenizer",
     "Scores",
     "Variant",
     "build_tokenizer",

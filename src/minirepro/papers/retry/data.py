@@ -13,12 +13,13 @@ on them has seen left padding and can be evaluated on a left-padded batch of pro
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from minirepro.core.tokenizer import WordTokenizer
+from minirepro.core.tokenizer import DEFAULT_SPECIALS, WordTokenizer
 from minirepro.tasks.igsm import (
     BACK,
     WORLDS,
@@ -29,7 +30,15 @@ from minirepro.tasks.igsm import (
 )
 from minirepro.tasks.igsm.generate import SYMBOLS
 
-__all__ = ["SEP", "Variant", "build_tokenizer", "document", "pack_rows", "prompt_ids"]
+__all__ = [
+    "SEP",
+    "NameTokenizer",
+    "Variant",
+    "build_tokenizer",
+    "document",
+    "pack_rows",
+    "prompt_ids",
+]
 
 SEP = "<sep>"
 IGNORE = -100
@@ -59,14 +68,46 @@ TEMPLATE_WORDS = (
 )
 
 
-def build_tokenizer(problems: Iterable[Problem] = (), mod: int = 23) -> WordTokenizer:
+class NameTokenizer(WordTokenizer):
+    """A `WordTokenizer` that reads every multi-word name ("Night Market") as one token.
+
+    Encoding joins the words of each known name with "_" before splitting; decoding turns
+    "_" back into spaces, so ``decode(encode(text))`` is the word-split text as usual and
+    the checker reads it unchanged. A solution copies "Stone City ' s Night Market" as 4
+    tokens instead of 6.
+    """
+
+    def __init__(self, vocab: Sequence[str], specials: Sequence[str] = (), **kw) -> None:
+        super().__init__(vocab, specials, **kw)
+        multi = sorted({w.replace("_", " ") for w in vocab if "_" in w}, key=len, reverse=True)
+        self._names = re.compile("|".join(r"\b" + re.escape(n) + r"\b" for n in multi) or "(?!)")
+
+    def _split(self, text: str) -> list[str]:
+        return super()._split(self._names.sub(lambda m: m[0].replace(" ", "_"), text))
+
+    def _join(self, symbols: list[str]) -> str:
+        return super()._join(symbols).replace("_", " ")
+
+
+def build_tokenizer(
+    problems: Iterable[Problem] = (), mod: int = 23, whole_names: bool = False
+) -> WordTokenizer:
     """A word tokenizer (punctuation split off) with ``<sep>`` and ``[BACK]`` as specials,
     covering every template word, every world's names, every symbol and the numbers below
-    ``mod`` (so any generated problem encodes), plus the words of ``problems``."""
+    ``mod`` (so any generated problem encodes), plus the words of ``problems``.
+
+    With ``whole_names`` it is a `NameTokenizer` (one token per multi-word name).
+    """
     names = [n for w in WORLDS for n in (*w.categories, *(i for pool in w.items for i in pool))]
     texts = [TEMPLATE_WORDS, " ".join(names), " ".join(SYMBOLS), " ".join(map(str, range(mod)))]
     texts += [t for p in problems for t in (p.text, p.solution)]
-    return WordTokenizer.from_texts(texts, specials=[SEP, BACK], split_punct=True, strict=True)
+    specials = [SEP, BACK]
+    if not whole_names:
+        return WordTokenizer.from_texts(texts, specials=specials, split_punct=True, strict=True)
+    words = WordTokenizer.from_texts(texts, split_punct=True).vocab
+    vocab = [w for w in words if w not in DEFAULT_SPECIALS]
+    vocab += sorted({n.replace(" ", "_") for n in names if " " in n})
+    return NameTokenizer(vocab, specials, split_punct=True, strict=True)
 
 
 def prompt_ids(tok: WordTokenizer, problem: Problem) -> list[int]:
@@ -75,15 +116,23 @@ def prompt_ids(tok: WordTokenizer, problem: Problem) -> list[int]:
 
 
 def document(
-    tok: WordTokenizer, problem: Problem, variant: Variant, rng: random.Random
+    tok: WordTokenizer,
+    problem: Problem,
+    variant: Variant,
+    rng: random.Random,
+    statement_loss: bool = False,
 ) -> tuple[list[int], list[int]]:
     """Token ids of one training document and its labels (next-token targets aligned with
-    the ids: ``labels[t]`` is the target for predicting ``ids[t]``; -100 = no loss)."""
+    the ids: ``labels[t]`` is the target for predicting ``ids[t]``; -100 = no loss).
+
+    With ``statement_loss`` the statement's tokens (after ``<bos>``, up to ``<sep>``) are
+    learned too, as in the paper's pretraining on whole documents."""
     prompt = prompt_ids(tok, problem)
     segments = retry_segments(problem, variant.retry_rate, rng, variant.kind)
     sol, err = encode_segments(tok, segments)
     ids = prompt + sol + [tok.eos_id]
-    keep = [False] * len(prompt) + [not (variant.mask_errors and e) for e in err] + [True]
+    keep = [False] + [statement_loss] * (len(prompt) - 1)
+    keep += [not (variant.mask_errors and e) for e in err] + [True]
     return ids, [i if k else IGNORE for i, k in zip(ids, keep)]
 
 
