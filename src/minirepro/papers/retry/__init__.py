@@ -50,7 +50,7 @@ PAPER = Paper(
     config=Config,
     presets=PRESETS,
     run=run,
-    status="implemented",
+    status="partial",  # the headline is not testable at quick size: no model solves a problem
 )
 
 __all__ = [
