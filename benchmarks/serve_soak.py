@@ -30,25 +30,9 @@ import torch
 from minirepro.papers.serve.admission import AdmissionLimits
 from minirepro.papers.serve.async_engine import AsyncEngine
 from minirepro.papers.serve.engine import EngineConfig, LLMEngine
-from minirepro.papers.serve.loadtest import StressPlan, serve_in_thread, stress
+from minirepro.papers.serve.loadtest import FaultInjector, StressPlan, serve_in_thread, stress
 from minirepro.papers.serve.served_model import random_char_model
 from minirepro.papers.serve.server import create_app
-
-
-class FaultInjector:
-    """Makes every `every`-th model forward of `engine` raise (0: none)."""
-
-    def __init__(self, engine: LLMEngine, every: int) -> None:
-        self.every, self.calls, self.count = every, 0, 0
-        self.forward = engine.runner.forward
-        engine.runner.forward = self
-
-    def __call__(self, batch):
-        self.calls += 1
-        if self.every and self.calls % self.every == 0:
-            self.count += 1
-            raise RuntimeError(f"injected fault #{self.count}")
-        return self.forward(batch)
 
 
 def main() -> None:
@@ -76,7 +60,7 @@ def main() -> None:
         nano_batches=args.nano_batches,
     )
     engine = LLMEngine(served.model, served.tokenizer, config, eos_token_ids=served.eos_token_ids)
-    faults = FaultInjector(engine, args.fault_every)
+    faults = FaultInjector(engine, lambda n: args.fault_every > 0 and n % args.fault_every == 0)
     if args.fault_every:  # the engine logs each failed step with its traceback
         logging.getLogger("minirepro.papers.serve").setLevel(logging.CRITICAL)
     aengine = AsyncEngine(engine)
@@ -102,7 +86,7 @@ def main() -> None:
         report = asyncio.run(
             stress(url, plan, clients=args.clients, duration_s=args.seconds, seed=args.seed)
         )
-        faults.every = 0  # what follows checks a healthy engine
+        faults.remove()  # what follows checks a healthy engine
         deadline = time.monotonic() + 30
         while engine.has_unfinished_requests() and time.monotonic() < deadline:
             time.sleep(0.05)

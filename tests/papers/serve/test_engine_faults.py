@@ -7,6 +7,7 @@ from minirepro.papers.serve import EngineConfig, LLMEngine, SamplingParams
 from minirepro.papers.serve import engine as engine_module
 from minirepro.papers.serve import kv_cache as kv_cache_module
 from minirepro.papers.serve import scheduler as scheduler_module
+from minirepro.papers.serve.loadtest import FaultInjector
 
 N_NEW = 6
 GREEDY = SamplingParams(max_tokens=N_NEW, temperature=0)
@@ -42,25 +43,15 @@ def _drain(engine, max_steps=200):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_failed_step_fails_its_requests_only(tiny_model, prompts, reference, mode, monkeypatch):
+def test_failed_step_fails_its_requests_only(tiny_model, prompts, reference, mode):
     engine = LLMEngine(tiny_model, config=EngineConfig(block_size=4, **MODES[mode]))
-    real_forward = engine.runner.forward
-    calls = 0
-
-    def forward(batch):
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # a decode step of the first two requests
-            raise RuntimeError("injected fault")
-        return real_forward(batch)
-
-    monkeypatch.setattr(engine.runner, "forward", forward)
+    faults = FaultInjector(engine, lambda n: n == 3)  # a decode step of the first two requests
     for i in range(2):
         engine.add_request(f"a{i}", prompts[i], GREEDY)
     outs, _ = _drain(engine)
     finals = {rid: o[-1] for rid, o in outs.items()}
     failed = [rid for rid, o in finals.items() if o.finish_reason == "error"]
-    assert failed, "the injected fault failed no request"
+    assert faults.count == 1 and failed, "the injected fault failed no request"
     for rid in failed:
         assert finals[rid].finished and "injected fault" in finals[rid].error
     for rid in finals:  # the others (another nano-batch) finish normally, with HF's tokens
@@ -74,13 +65,9 @@ def test_failed_step_fails_its_requests_only(tiny_model, prompts, reference, mod
     engine.close()
 
 
-def test_generate_raises_when_a_request_fails(tiny_model, prompts, monkeypatch):
+def test_generate_raises_when_a_request_fails(tiny_model, prompts):
     engine = LLMEngine(tiny_model, config=EngineConfig(block_size=4))
-
-    def forward(batch):
-        raise RuntimeError("broken kernel")
-
-    monkeypatch.setattr(engine.runner, "forward", forward)
+    FaultInjector(engine, lambda n: True, message="broken kernel")
     with pytest.raises(RuntimeError, match="2 of 2 requests failed.*broken kernel"):
         engine.generate(prompts[:2], GREEDY)
     assert engine.stats().kv_blocks_used == 0

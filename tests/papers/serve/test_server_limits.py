@@ -31,6 +31,7 @@ from minirepro.papers.serve.async_engine import AsyncEngine  # noqa: E402
 from minirepro.papers.serve.engine import EngineConfig, LLMEngine  # noqa: E402
 from minirepro.papers.serve.loadtest import (  # noqa: E402
     EXPECTED,
+    FaultInjector,
     StressPlan,
     serve_in_thread,
     stress,
@@ -181,31 +182,19 @@ def test_bad_admission_limits() -> None:
 
 # ----- a failed model step ---------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
-def test_failed_model_step_is_a_500_and_the_next_request_is_served(
-    srv: Srv, monkeypatch, stream: bool
-) -> None:
+def test_failed_model_step_is_a_500_and_the_next_request_is_served(srv: Srv, stream: bool) -> None:
     wait_idle_and_healthy(srv)
-    real_forward = srv.engine.runner.forward
-    calls = 0
-
-    def forward(batch: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise RuntimeError("injected fault")
-        return real_forward(batch)
-
-    monkeypatch.setattr(srv.engine.runner, "forward", forward)
-    body = {"model": MODEL, "prompt": "doomed", "max_tokens": 20, "ignore_eos": True}
-    r = httpx.post(f"{srv.url}/v1/completions", json=body | {"stream": stream}, timeout=30)
-    if stream:  # the status line went out with the first chunk: the error is an event
-        events = [e[6:] for e in r.text.split("\n\n") if e.startswith("data: ")]
-        assert events[-1] == "[DONE]"
-        error = json.loads(events[-2])["error"]
-        assert set(error) == ERROR_FIELDS
-    else:
-        error = assert_openai_error(r, 500)
-    assert error["type"] == "internal_error" and "injected fault" in error["message"]
+    with FaultInjector(srv.engine, lambda n: n == 2):
+        body = {"model": MODEL, "prompt": "doomed", "max_tokens": 20, "ignore_eos": True}
+        r = httpx.post(f"{srv.url}/v1/completions", json=body | {"stream": stream}, timeout=30)
+        if stream:  # the status line went out with the first chunk: the error is an event
+            events = [e[6:] for e in r.text.split("\n\n") if e.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            error = json.loads(events[-2])["error"]
+            assert set(error) == ERROR_FIELDS
+        else:
+            error = assert_openai_error(r, 500)
+        assert error["type"] == "internal_error" and "injected fault" in error["message"]
     wait_idle_and_healthy(srv)  # blocks freed, and the next request gets its tokens
 
 

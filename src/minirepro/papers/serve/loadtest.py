@@ -3,6 +3,7 @@ over-limit requests, each answer checked against the status it must get.
 
 `serve_in_thread(app)` runs an app on a loopback port; `stress(url, ...)` drives it. The
 tests run a few seconds of it; `benchmarks/serve_soak.py` runs it for a minute.
+`FaultInjector` makes chosen model steps of an engine raise, to test failure recovery.
 
 Example:
     >>> with serve_in_thread(app) as url:  # doctest: +SKIP
@@ -20,12 +21,50 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
+
+
+class FaultInjector:
+    """Makes the model steps of `engine` numbered n (from 1) with `fails(n)` raise
+    RuntimeError(f"{message} #k"); the others run the real forward.
+
+    Installed on construction; `remove()` (or leaving a `with` block) puts the real forward
+    back. `calls` counts the steps, `count` the faults raised.
+
+    Args:
+        engine: An `LLMEngine` (its `runner.forward` is wrapped).
+        fails: Which steps fail, e.g. ``lambda n: n == 3`` or ``lambda n: n % 40 == 0``.
+        message: The start of each fault's message.
+    """
+
+    def __init__(
+        self, engine: Any, fails: Callable[[int], bool], message: str = "injected fault"
+    ) -> None:
+        self.runner, self.fails, self.message = engine.runner, fails, message
+        self.calls = self.count = 0
+        self.forward = self.runner.forward
+        self.runner.forward = self
+
+    def __call__(self, batch: Any) -> Any:
+        self.calls += 1
+        if self.fails(self.calls):
+            self.count += 1
+            raise RuntimeError(f"{self.message} #{self.count}")
+        return self.forward(batch)
+
+    def remove(self) -> None:
+        self.runner.forward = self.forward
+
+    def __enter__(self) -> FaultInjector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
 
 @contextmanager
@@ -272,4 +311,4 @@ async def stress(
     return report
 
 
-__all__ = ["EXPECTED", "StressPlan", "StressReport", "serve_in_thread", "stress"]
+__all__ = ["EXPECTED", "FaultInjector", "StressPlan", "StressReport", "serve_in_thread", "stress"]
