@@ -328,5 +328,73 @@ def serve(
         sock.close()
 
 
+wim_app = typer.Typer(
+    help="Writing in the Margins: ask a long document a question, margins streamed.",
+    no_args_is_help=True,
+)
+app.add_typer(wim_app, name="wim")
+
+
+@wim_app.command("ask")
+def wim_ask(
+    context: Annotated[Path, typer.Option(help="A UTF-8 text file: the long document.")],
+    question: Annotated[str, typer.Option(help="The question about it.")],
+    segment_tokens: Annotated[int, typer.Option(help="Most tokens per segment.")] = 1024,
+    max_margin_tokens: Annotated[int, typer.Option(help="Most tokens per margin.")] = 100,
+    max_answer_tokens: Annotated[int, typer.Option(help="Most tokens of the answer.")] = 128,
+    classifier: Annotated[
+        str, typer.Option(help="'model' (YES/NO by the LM) or 'all' (every informative margin).")
+    ] = "model",
+    stop_after: Annotated[
+        int | None, typer.Option(help="Answer as soon as this many margins are relevant.")
+    ] = None,
+) -> None:
+    """Read FILE segment by segment with SmolLM2, show each margin, then the answer."""
+    from minirepro.papers.wim import WiMConfig, WiMSession
+    from minirepro.papers.wim import stop_after as make_rule
+
+    if not context.is_file():
+        raise _fail(f"--context: no such file {context}")
+    try:
+        text = context.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _fail(f"--context: {context} is not UTF-8 text") from None
+    try:
+        cfg = WiMConfig(
+            segment_tokens=segment_tokens,
+            max_margin_tokens=max_margin_tokens,
+            max_answer_tokens=max_answer_tokens,
+            classifier=classifier,
+        )
+        rule = make_rule(stop_after) if stop_after is not None else None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    from minirepro.core.pretrained import load_smollm2
+
+    try:
+        with console.status("loading SmolLM2-135M-Instruct"):
+            model = load_smollm2()
+        session = WiMSession(model, text, question, cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    n = len(session.segments)
+    console.print(f"[dim]{n} segment(s) of at most {segment_tokens} tokens[/dim]")
+    for margin in session:
+        mark = "[green]relevant[/green]" if margin.relevant else "[dim]not relevant[/dim]"
+        console.print(
+            f"[bold]margin {margin.segment.index + 1}/{n}[/bold] ({mark}, {margin.seconds:.1f} s)"
+        )
+        console.print(Text(margin.text or "(empty)"), soft_wrap=True)
+        if rule is not None and rule(session.margins):
+            console.print(
+                f"[yellow]early exit after {len(session.margins)} of {n} segments[/yellow]"
+            )
+            break
+    with console.status("answering"):
+        out = session.answer()
+    console.print(f"[bold]answer[/bold] ({out.time_to_answer:.1f} s):")
+    console.print(Text(out.answer), soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

@@ -1,7 +1,8 @@
 """Sampling from a decoder with a KV cache: greedy, temperature, top-k, top-p, stop tokens.
 
 Any model with `forward(idx (B, S), cache) -> logits (B, S, V)` and `new_cache(B, max_len)`
-works (the core `Transformer` and everything plugged into it).
+works (the core `Transformer` and everything plugged into it); `decode_from` continues a
+cache the caller owns.
 """
 
 from __future__ import annotations
@@ -90,6 +91,43 @@ def _as_batch(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]], device) 
 
 
 @torch.inference_mode()
+def decode_from(
+    step: Callable[[Tensor], Tensor],
+    logits: Tensor,
+    params: SamplingParams = SamplingParams(),
+) -> Iterator[Tensor]:
+    """Yield the next token of every sequence, (B,), continuing a prefilled decoder state.
+
+    This is the one decoding loop: `stream` calls it, and so does code that keeps its own
+    cache (e.g. an inference pattern that decodes, crops the cache and prefills more).
+
+    Args:
+        step: feeds tokens (B,) to the decoder and returns the next logits (B, V).
+        logits: last-position logits of the prefilled prompt, (B, V).
+        params: sampling parameters.
+    A finished sequence (stop token seen) keeps yielding its stop token; iteration ends when
+    every sequence has finished or max_new_tokens steps were taken.
+    """
+    B = logits.shape[0]
+    device = logits.device
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    stop = torch.tensor(params.stop_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    prev = torch.zeros(B, dtype=torch.long, device=device)
+    for i in range(params.max_new_tokens):
+        token = sample_next(logits, params, generator)
+        token = torch.where(finished, prev, token)  # a finished row repeats its stop token
+        finished |= torch.isin(token, stop)
+        yield token
+        if bool(finished.all()) or i == params.max_new_tokens - 1:
+            return
+        prev = token
+        logits = step(token)
+
+
+@torch.inference_mode()
 def stream(
     model,
     prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
@@ -106,27 +144,18 @@ def stream(
     device = next(model.parameters()).device
     ids = _as_batch(prompt, device)
     B, S = ids.shape
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-    stop = torch.tensor(params.stop_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    prev = torch.zeros(B, dtype=torch.long, device=device)
     cache = model.new_cache(B, S + params.max_new_tokens) if use_cache else None
-    logits = model(ids, cache)[:, -1]
-    for _ in range(params.max_new_tokens):
-        token = sample_next(logits, params, generator)
-        token = torch.where(finished, prev, token)  # a finished row repeats its stop token
-        finished |= torch.isin(token, stop)
-        yield token
-        if bool(finished.all()):
-            return
-        prev = token
+    if params.max_new_tokens == 0:
+        return
+
+    def step(token: Tensor) -> Tensor:
+        nonlocal ids
         if use_cache:
-            logits = model(token[:, None], cache)[:, -1]
-        else:
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            logits = model(ids)[:, -1]
+            return model(token[:, None], cache)[:, -1]
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        return model(ids)[:, -1]
+
+    yield from decode_from(step, model(ids, cache)[:, -1], params)
 
 
 def generate(
