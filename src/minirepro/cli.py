@@ -355,6 +355,8 @@ def wim_ask(
 
     if not context.is_file():
         raise _fail(f"--context: no such file {context}")
+    if not question.strip():
+        raise _fail("--question is empty")
     try:
         text = context.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -6,13 +6,14 @@ prefill and one decoding step are the same call), its length, cropping it back t
 
 - `CoreLM`: the core `Transformer` (e.g. the real SmolLM2 from `load_smollm2`), whose
   preallocated `Cache` crops by moving its position back;
-- `HFLM`: any transformers causal LM, whose `DynamicCache.crop(n)` keeps the first n tokens.
+- `HFLM`: any transformers causal LM with a `DynamicCache` (`crop(-n)` removes n tokens).
 
 `as_lm(model, tokenizer)` picks the right one.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,7 +102,17 @@ class CoreLM(LM):
 
 
 class HFLM(LM):
-    """A transformers causal LM with a `DynamicCache` (crop keeps the first n tokens)."""
+    """A transformers causal LM with a `DynamicCache`.
+
+    Cropping passes a negative number (the tokens to remove): recent transformers accept
+    only that, older ones read a positive number as the length to keep and a negative one
+    as tokens to remove, so the call means the same everywhere.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, stop_tokens: Sequence[int] | None = None):
+        super().__init__(model, tokenizer, stop_tokens)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in 5.x
 
     def new_cache(self, max_len: int | None = None) -> Any:
         from transformers import DynamicCache
@@ -114,23 +125,19 @@ class HFLM(LM):
             raise ValueError(
                 f"sequence of {start + ids.shape[1]} positions exceeds the limit of {self.max_len}"
             )
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-        out = self.model(
-            input_ids=ids,
-            past_key_values=cache,
-            use_cache=True,
-            position_ids=positions[None],
-            cache_position=positions,
-        )
-        return out.logits
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]  # (1, S)
+        kwargs = {self._cache_arg: cache}
+        return self.model(input_ids=ids, position_ids=positions, use_cache=True, **kwargs).logits
 
     def cache_len(self, cache: Any) -> int:
         return int(cache.get_seq_length())
 
     def crop(self, cache: Any, length: int) -> None:
-        if not 0 <= length <= self.cache_len(cache):
-            raise ValueError(f"crop length {length} outside [0, {self.cache_len(cache)}]")
-        cache.crop(length)  # the number of tokens to keep (a negative number removes)
+        current = self.cache_len(cache)
+        if not 0 <= length <= current:
+            raise ValueError(f"crop length {length} outside [0, {current}]")
+        if length < current:
+            cache.crop(length - current)  # negative: the number of tokens to remove
 
     @property
     def max_len(self) -> int:
