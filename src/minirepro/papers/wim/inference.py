@@ -112,9 +112,10 @@ class WiMOutput:
         margins: every margin, in segment order.
         segments_read: segments prefilled before answering (fewer after an early exit).
         n_segments: segments of the context.
-        prefill_tokens: tokens fed through the model (segments, instructions, margins,
-            classifier prompts, final prompt).
-        generated_tokens: tokens generated (margins, classifier replies, answer).
+        prefill_tokens: prompt tokens prefilled (system prompt, segments, instructions,
+            classifier prompts, final prompt with margins).
+        generated_tokens: tokens generated (margins, classifier decisions, answer); each
+            costs one decoding step, so prefill + generated is what the model processed.
         time_to_first_margin: seconds from the start to the first classified margin.
         time_to_answer: seconds from the start to the finished answer.
     """
@@ -169,7 +170,7 @@ def classify_margin(
     yes, no = lm.encode("YES")[0], lm.encode("NO")[0]
     gap = float(logits[yes] - logits[no])
     lm.crop(cache, 0)
-    return gap > 0, f"{'YES' if gap > 0 else 'NO'} ({gap:+.2f})", len(ids), 1
+    return gap > 0, f"{'YES' if gap > 0 else 'NO'} ({gap:+.2f})", len(ids), 0
 
 
 class WiMSession:
@@ -251,7 +252,6 @@ class WiMSession:
         instruction = "\n\n" + EXTRACT_INSTRUCTION.format(query=self.query) + self.suffix_text
         logits = self._ingest(self.lm.encode(instruction))
         text, ids = generate_text(self.lm, self.cache, logits, self.cfg.max_margin_tokens)
-        self.prefill_tokens += max(0, len(ids) - 1)  # generated tokens fed back
         self.generated_tokens += len(ids)
         self.lm.crop(self.cache, length)  # the margin uses no positions
         relevant, reply, n_in, n_out = classify_margin(
@@ -278,7 +278,6 @@ class WiMSession:
         logits = self._ingest(self.lm.encode(final_prompt(self.query, kept, self.suffix_text)))
         answer, ids = generate_text(self.lm, self.cache, logits, self.cfg.max_answer_tokens)
         self.generated_tokens += len(ids)
-        self.prefill_tokens += max(0, len(ids) - 1)
         self.lm.crop(self.cache, context_len)  # the session can answer again
         return WiMOutput(
             answer=answer.strip(),
