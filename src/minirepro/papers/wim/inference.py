@@ -214,7 +214,12 @@ class WiMSession:
                 f"context of {n_context} tokens (with prompt) does not fit the model's "
                 f"{self.lm.max_len} positions"
             )
-        self.cache = self.lm.new_cache()
+        # Room for the context, one instruction + margin at a time, and the final prompt
+        # with every margin; no bigger (attention over a larger buffer is slower on CPUs).
+        instruction = self.lm.encode(self._instruction())
+        room = len(instruction) + len(self.segments) * (self.cfg.max_margin_tokens + 16)
+        room += 2 * self.cfg.max_margin_tokens + self.cfg.max_answer_tokens + 256
+        self.cache = self.lm.new_cache(min(self.lm.max_len, n_context + room))
         self.classifier_cache = self.lm.new_cache(
             min(self.lm.max_len, 1024 + 2 * self.cfg.max_margin_tokens)
         )
@@ -228,6 +233,9 @@ class WiMSession:
     def _frame(self) -> tuple[list[int], str]:
         before, after = chat_frame(self.lm.tokenizer, self.cfg.system_prompt)
         return self.lm.encode(before), after
+
+    def _instruction(self) -> str:
+        return "\n\n" + EXTRACT_INSTRUCTION.format(query=self.query) + self.suffix_text
 
     def _ingest(self, ids: list[int]):
         self.prefill_tokens += len(ids)
@@ -249,8 +257,7 @@ class WiMSession:
         segment = self.segments[self._next]
         self._ingest(segment.ids)
         length = self.lm.cache_len(self.cache)
-        instruction = "\n\n" + EXTRACT_INSTRUCTION.format(query=self.query) + self.suffix_text
-        logits = self._ingest(self.lm.encode(instruction))
+        logits = self._ingest(self.lm.encode(self._instruction()))
         text, ids = generate_text(self.lm, self.cache, logits, self.cfg.max_margin_tokens)
         self.generated_tokens += len(ids)
         self.lm.crop(self.cache, length)  # the margin uses no positions

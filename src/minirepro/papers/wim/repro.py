@@ -107,10 +107,10 @@ PRESETS = {
         max_margin_tokens=12, max_answer_tokens=12, n_distractors=1, cwe_common=3, cwe_freq=6,
     ),
     # <= 5 minutes on 2 quiet cores: 2 seeds x (2 multi-hop + 1 CWE) haystacks of 4.0-4.4k
-    # tokens, 1024-token segments (4-5 margins each), margins cut at 48 tokens
+    # tokens, 1024-token segments (4-5 margins each), margins cut at 32 tokens, answers at 40
     "quick": Config(
         seeds=(0, 1), n_multihop=2, n_cwe=1, context_tokens=(4000, 4400), segment_tokens=1024,
-        max_margin_tokens=48, max_answer_tokens=40,
+        max_margin_tokens=32, max_answer_tokens=40,
     ),
     # the spec's sizes: 4-7k haystacks, 512-token segments, 100-token margins, 3 seeds
     "full": Config(
