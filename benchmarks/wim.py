@@ -10,9 +10,9 @@ One synthetic multi-hop haystack (default 4096 tokens) is answered two ways, gre
   (`minirepro.papers.wim.run_wim`).
 
 First checks correctness: the full-context answer equals the one WiM's session gives from
-its own cache after cropping every margin away. Then the two are alternated (full, WiM,
-full, ...; the correctness check is the warm-up); medians, the median per-round ratio, and the tokens each
-processes (prefilled + generated) are reported, with the time to the first margin. The
+its own cache after cropping every margin away (this is also the warm-up). Then the two
+are alternated (full, WiM, full, ...); medians, the median per-round ratio, and the tokens
+each processes (prefilled + generated) are reported, with the time to the first margin. The
 paper claims WiM adds little over the prefill; on a CPU, where a generated token costs
 about as much as tens of prefilled ones, its margins are what it pays for.
 
