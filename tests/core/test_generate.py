@@ -6,6 +6,7 @@ from torch.testing import assert_close
 
 from minirepro.core.generate import (
     SamplingParams,
+    decode_from,
     filter_logits,
     generate,
     generate_many,
@@ -26,6 +27,23 @@ def test_greedy_with_cache_equals_recomputation(model):
     a = generate(model, prompt, max_new_tokens=30)
     b = generate(model, prompt, max_new_tokens=30, use_cache=False)
     assert a == b and all(len(r) == 30 for r in a)
+
+
+def test_decode_from_a_cropped_cache_equals_generate(model):
+    """decode_from continues a cache the caller owns: after feeding a detour and cropping it
+    away, it yields the tokens `generate` gives for the prompt alone."""
+    prompt = torch.randint(0, 64, (1, 9))
+    detour = torch.randint(0, 64, (1, 6))
+    expected = generate(model, prompt, max_new_tokens=12)[0]
+    cache = model.new_cache(1, 64)
+    with torch.inference_mode():
+        model(prompt, cache)
+        model(detour, cache)
+        cache.crop(prompt.shape[1] - 1)  # forget the detour and the prompt's last token
+        logits = model(prompt[:, -1:], cache)[:, -1]  # (1, V), as after the whole prompt
+        step = lambda token: model(token[:, None], cache)[:, -1]  # noqa: E731
+        got = [int(t) for t in decode_from(step, logits, SamplingParams(max_new_tokens=12))]
+    assert got == expected
 
 
 def test_sampled_with_cache_equals_recomputation(model):
