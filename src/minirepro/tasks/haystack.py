@@ -247,7 +247,10 @@ def cwe_item(
     common, rare = words[:n_common], words[n_common:]
     per_entry = length("\n100. " + common[0])
     n_entries = max(n_common * freq_common, n_tokens // max(1, per_entry))
-    freq_rare = min(freq_common // 3, max(1, -(-(n_entries - n_common * freq_common) // len(rare))))
+    rest = n_entries - n_common * freq_common
+    freq_rare = min(freq_common // 3, max(1, -(-rest // len(rare))))
+    if freq_rare == 1:  # a short list: fewer rare words rather than one too many entries
+        rare = rare[: max(1, rest)]
     entries = common * freq_common + rare * freq_rare
     rng.shuffle(entries)
     context = "\n".join(f"{i + 1}. {w}" for i, w in enumerate(entries))
