@@ -154,8 +154,9 @@ class Relevance:
     """Relevance of every input token for each teacher-forced response token.
 
     Attributes:
-        matrix: (n_response, n_prompt + n_response) relevance of input position j for the
-            logit of response token i; zero where j is not before i (causality).
+        matrix: (n_response, n_prompt + n_response - 1) relevance of input position j (the
+            prompt, then the response but its last token) for the logit of response token
+            i; zero where j is not before i (causality).
         n_prompt: number of prompt tokens; `matrix[:, :n_prompt]` is response × prompt.
         logits: (n_response,) the explained logits (of each actual response token).
         logprobs: (n_response,) log-probabilities of the response tokens.
@@ -205,8 +206,9 @@ def relevance_matrix(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     device = model.embed.weight.device
-    ids = torch.cat([prompt, response])[None].to(device)  # (1, S)
     n_p, n_r = prompt.numel(), response.numel()
+    ids = torch.cat([prompt, response[:-1]])[None].to(device)  # (1, S); S = n_p + n_r - 1
+    target = response.to(device)
     captured: list[Tensor] = []
 
     def as_leaf(_module: nn.Module, _inp: object, out: Tensor) -> Tensor:
@@ -215,13 +217,17 @@ def relevance_matrix(
         return leaf
 
     hook = model.embed.register_forward_hook(as_leaf)
+    frozen = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in frozen:  # no weight gradients: autograd then keeps less for the backward
+            p.requires_grad_(False)
         with lrp_mode(model, variant), torch.enable_grad():
-            logits = model(ids)[0, n_p - 1 : n_p - 1 + n_r].float()  # (n_r, V)
+            h = model(ids, return_hidden=True)[0, n_p - 1 :]  # (n_r, d_model)
             emb = captured[0]  # (1, S, d_model)
-            target = response.to(device)[:, None]
-            explained = logits.gather(1, target)[:, 0]  # (n_r,)
-            logprobs = logits.log_softmax(-1).gather(1, target)[:, 0].detach()
+            # The explained logits, h · W[token]; the other vocab rows need no graph.
+            explained = (h * model.lm_head.weight[target]).sum(-1).float()  # (n_r,)
+            with torch.no_grad():
+                logprobs = model.lm_head(h).float().log_softmax(-1).gather(1, target[:, None])
             rows = []
             step = chunk_size or 1
             for start in range(0, n_r, step):
@@ -237,4 +243,6 @@ def relevance_matrix(
                 rows.append((grad[:, 0] * emb[0]).sum(-1).float().detach())  # (c, S)
     finally:
         hook.remove()
-    return Relevance(torch.cat(rows).cpu(), n_p, explained.detach().cpu(), logprobs.cpu())
+        for p in frozen:
+            p.requires_grad_(True)
+    return Relevance(torch.cat(rows).cpu(), n_p, explained.detach().cpu(), logprobs[:, 0].cpu())
