@@ -9,6 +9,8 @@ ROC-AUC over the folds, the hallucinated class being positive.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +24,28 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 __all__ = ["CLASSIFIERS", "LSTMClassifier", "Scores", "cross_validate", "make_classifier"]
 
 CLASSIFIERS = ("svm", "rf", "mlp", "lstm", "logreg")
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch and one BLAS thread inside the block (restored after).
+
+    These models are tiny: each op is microseconds, and on a loaded 2-core machine a second
+    thread made a 150-step LSTM fit take minutes instead of a second (NOTES.md).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _LSTMNet(nn.Module):
@@ -173,17 +192,21 @@ def cross_validate(
     else:
         folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(X, y, groups)
     rows = []
-    for train, test in folds:
-        model = make_classifier(name, seed).fit(X[train], y[train])
-        pred = model.predict(X[test])
-        both = len(set(y[test])) == 2
-        rows.append(
-            [
-                accuracy_score(y[test], pred),
-                precision_score(y[test], pred, zero_division=0),
-                recall_score(y[test], pred, zero_division=0),
-                f1_score(y[test], pred, zero_division=0),
-                roc_auc_score(y[test], _score(model, X[test])) if both else np.nan,
-            ]
-        )
+    with single_thread():
+        for train, test in folds:
+            rows.append(_fold(name, seed, X, y, train, test))
     return Scores(*(float(v) for v in np.nanmean(np.array(rows), 0)))
+
+
+def _fold(name: str, seed: int, X, y, train, test) -> list[float]:
+    """Fit on one fold's training part; the five metrics on its test part."""
+    model = make_classifier(name, seed).fit(X[train], y[train])
+    pred = model.predict(X[test])
+    both = len(set(y[test])) == 2
+    return [
+        accuracy_score(y[test], pred),
+        precision_score(y[test], pred, zero_division=0),
+        recall_score(y[test], pred, zero_division=0),
+        f1_score(y[test], pred, zero_division=0),
+        roc_auc_score(y[test], _score(model, X[test])) if both else np.nan,
+    ]
