@@ -9,8 +9,6 @@ ROC-AUC over the folds, the hallucinated class being positive.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,28 +22,13 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from threadpoolctl import threadpool_limits
 from torch import nn
+
+from minirepro.core.threads import num_threads
 
 __all__ = ["CLASSIFIERS", "LSTMClassifier", "Scores", "cross_validate", "make_classifier"]
 
 CLASSIFIERS = ("svm", "rf", "mlp", "lstm", "logreg")
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch and one BLAS thread inside the block (restored after).
-
-    These models are tiny: each op is microseconds, and on a loaded 2-core machine a second
-    thread made a 150-step LSTM fit take minutes instead of a second (NOTES.md).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _LSTMNet(nn.Module):
@@ -192,7 +175,9 @@ def cross_validate(
     else:
         folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(X, y, groups)
     rows = []
-    with single_thread():
+    # One torch and one BLAS thread: these models are tiny, and on a loaded 2-core machine a
+    # second thread made a 150-step LSTM fit take minutes instead of a second (NOTES.md).
+    with num_threads(1, blas=True):
         for train, test in folds:
             rows.append(_fold(name, seed, X, y, train, test))
     return Scores(*(float(v) for v in np.nanmean(np.array(rows), 0)))

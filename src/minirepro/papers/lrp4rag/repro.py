@@ -12,7 +12,6 @@ hallucinated answer tokens draw less relevance from the prompt than faithful one
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -24,6 +23,7 @@ from scipy.stats import mannwhitneyu
 from minirepro.core.pretrained import Pretrained, load_smollm2
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
+from minirepro.core.threads import num_threads
 from minirepro.papers.lrp4rag.baselines import judge_scores, logprob_scores
 from minirepro.papers.lrp4rag.classifiers import CLASSIFIERS, Scores, cross_validate
 from minirepro.papers.lrp4rag.features import matrix_features, token_means
@@ -120,17 +120,6 @@ PRESETS = {
 }
 
 
-@contextlib.contextmanager
-def _num_threads(n: int | None):
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _load(cfg: Config) -> Pretrained:
     pm = load_smollm2(dtype=getattr(torch, cfg.dtype))
     if cfg.n_layer is not None:
@@ -191,7 +180,7 @@ def run(cfg: Config, out: RunDir) -> list[Result]:
         Results for each classifier (ROC-AUC, accuracy, precision, recall), the baselines,
         the margin over the log-probability baseline and the Mann-Whitney test.
     """
-    with _num_threads(cfg.threads):
+    with num_threads(cfg.threads):
         return _run(cfg, out)
 
 
