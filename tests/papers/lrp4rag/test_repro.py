@@ -43,6 +43,9 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
     assert (out.figures_dir / "heatmap.png").stat().st_size > 10_000
     stages = [json.loads(line)["stage"] for line in out.metrics_path.read_text().splitlines()]
     assert {"data", "relevance", "cv", "mannwhitney"} <= set(stages)
+    data = json.loads(out.metrics_path.read_text().splitlines()[0])
+    assert (data["faithful"], data["swapped"], data["model"]) == (6, 6, 6)  # sampled answers
+    assert any(r.claim.startswith("baseline: model as judge") for r in results)
 
 
 @pytest.mark.llm

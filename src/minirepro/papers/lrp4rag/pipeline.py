@@ -9,7 +9,7 @@ against the passage.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 
 from minirepro.core.generate import SamplingParams, generate_many
 from minirepro.core.pretrained import Pretrained
@@ -54,28 +54,24 @@ def encode_sample(
 
 def explain(
     pm: Pretrained,
-    samples: Sequence[RAGSample],
+    samples: Iterable[RAGSample],
     variant: Variant = "attnlrp",
     chunk_size: int | None = 32,
     max_response_tokens: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> list[Relevance]:
     """The relevance matrix of every sample (one forward, batched backwards each).
 
     Args:
         pm: the chat model.
-        samples: prompts and responses.
+        samples: prompts and responses (any iterable, e.g. one wrapped in a progress bar).
         variant: "attnlrp" or "cp".
         chunk_size: response tokens explained per vmapped backward.
         max_response_tokens: explain at most this many response tokens.
-        progress: called with (done, total) after each sample.
     """
     out = []
-    for i, s in enumerate(samples):
+    for s in samples:
         p, r = encode_sample(pm, s, max_response_tokens)
         out.append(relevance_matrix(pm.model, p, r, variant, chunk_size))
-        if progress is not None:
-            progress(i + 1, len(samples))
     return out
 
 

@@ -27,8 +27,8 @@ from minirepro.core.threads import num_threads
 from minirepro.papers.lrp4rag.baselines import judge_scores, logprob_scores
 from minirepro.papers.lrp4rag.classifiers import CLASSIFIERS, Scores, cross_validate
 from minirepro.papers.lrp4rag.features import matrix_features, token_means
-from minirepro.papers.lrp4rag.lrp import VARIANTS, Relevance, relevance_matrix
-from minirepro.papers.lrp4rag.pipeline import SYSTEM, encode_sample, model_answers
+from minirepro.papers.lrp4rag.lrp import VARIANTS
+from minirepro.papers.lrp4rag.pipeline import SYSTEM, encode_sample, explain, model_answers
 from minirepro.papers.lrp4rag.plots import relevance_heatmaps
 from minirepro.tasks.rag import RAGSample, make_rag_examples, rag_samples
 
@@ -103,14 +103,9 @@ class Config:
 
 
 PRESETS = {
-    # Seconds: SmolLM2 cut to its first 2 layers, 6 passages, no sampled answers.
+    # Seconds: SmolLM2 cut to its first 2 layers, 6 passages, short sampled answers.
     "smoke": Config(
-        n_examples=6,
-        model_answers=False,
-        n_layer=2,
-        judge=False,
-        seeds=(0,),
-        classifiers=("svm", "lstm"),
+        n_examples=6, n_layer=2, max_new_tokens=12, seeds=(0,), classifiers=("svm", "lstm")
     ),
     # The main job, <= 5 minutes on 2 cores: the whole model in bfloat16, 20 passages
     # (60 responses, about 12 tokens each).
@@ -201,10 +196,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     out.log(stage="data", **kinds, model_hallucinated=model_bad, load_s=time.perf_counter() - t0)
 
     t1 = time.perf_counter()
-    rels: list[Relevance] = []
-    for s in out.track(samples, "relevance"):
-        p, r = encode_sample(pm, s)
-        rels.append(relevance_matrix(pm.model, p, r, cfg.variant, cfg.chunk_size))
+    rels = explain(pm, out.track(samples, "relevance"), cfg.variant, cfg.chunk_size)
     cons = [float((r.matrix.sum(1) - r.logits).abs().div(r.logits.abs()).median()) for r in rels]
     out.log(stage="relevance", seconds=time.perf_counter() - t1, n=len(rels),
             response_tokens=sum(len(r.logits) for r in rels),
