@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from minirepro.core.model import ModelConfig, Transformer, to_hf
+from minirepro.core.model import ModelConfig, Transformer, register_mixer, to_hf
 from minirepro.papers.lrp4rag import lrp_mode, relevance_matrix
 
 
@@ -126,14 +126,42 @@ def test_lrp_mode_restores_model_and_keeps_forward_values():
     model = _tiny(4)
     ids = torch.randint(0, 96, (2, 10))
     before = model(ids)
+    attn_fn = model.layers[0].mixer.attn_fn
     with lrp_mode(model, "attnlrp"):
         torch.testing.assert_close(model(ids), before)
         assert "forward" in model.layers[0].mlp.__dict__
+        assert model.layers[0].mixer.attn_fn is not attn_fn
     assert "forward" not in model.layers[0].mlp.__dict__
-    assert "attn_fn" not in model.layers[0].mixer.__dict__ or model.layers[0].mixer.attn_fn
+    assert model.layers[0].mixer.attn_fn is attn_fn
     torch.testing.assert_close(model(ids), before)
     with pytest.raises(ValueError, match="unknown LRP variant"):
         with lrp_mode(model, "gradcam"):
             pass
     with pytest.raises(ValueError, match="at least one"):
         relevance_matrix(model, [1, 2], [])
+
+
+class _Shift(torch.nn.Module):
+    """A token mixer no LRP rule covers: each position takes its predecessor's state."""
+
+    def __init__(self, cfg, layer):
+        super().__init__()
+
+    def forward(self, x, inp):
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+
+    def new_cache(self, *args):
+        return None
+
+
+def test_unsupported_mixer_is_named_and_nothing_stays_patched():
+    register_mixer("lrp_test_shift", _Shift)
+    cfg = ModelConfig(
+        vocab_size=32, n_layer=2, n_head=2, d_model=32, mixer=("attention", "lrp_test_shift")
+    )
+    model = Transformer(cfg)
+    with pytest.raises(ValueError, match="layer 1: _Shift has no LRP rule"):
+        with lrp_mode(model):
+            pass
+    assert "forward" not in model.layers[0].mlp.__dict__
+    assert "forward" not in model.norm.__dict__
