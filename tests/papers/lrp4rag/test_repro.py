@@ -1,5 +1,6 @@
 """The smoke preset end to end, the registry, and the direction of the effect on SmolLM2."""
 
+import dataclasses
 import json
 
 import pytest
@@ -62,3 +63,37 @@ def test_swapped_entities_draw_less_prompt_relevance_on_smollm2(smollm2):
         span_means.append(float(means[span_tokens(smollm2, s, s.meta["span"])].mean()))
     for faithful, swapped in zip(span_means[::2], span_means[1::2], strict=True):
         assert swapped < 0.7 * faithful, span_means
+
+
+@pytest.mark.llm
+def test_run_on_user_supplied_ragtruth_files(tmp_path):
+    examples = make_rag_examples(5, seed=2)
+    with (tmp_path / "source_info.jsonl").open("w") as f:
+        for i, e in enumerate(examples):
+            f.write(
+                json.dumps({"source_id": str(i), "task_type": "QA", "prompt": e.user_prompt()})
+                + "\n"
+            )
+    with (tmp_path / "response.jsonl").open("w") as f:
+        for s in rag_samples(examples, seed=2):
+            labels = [{"text": s.meta["span"]}] if s.hallucinated else []
+            f.write(
+                json.dumps(
+                    {
+                        "source_id": s.source_id,
+                        "model": "m",
+                        "labels": labels,
+                        "response": s.response,
+                    }
+                )
+                + "\n"
+            )
+    cfg = dataclasses.replace(PRESETS["smoke"], ragtruth=str(tmp_path), judge=False)
+    out = RunDir("lrp4rag", cfg, root=tmp_path / "runs", preset=None)
+    results = PAPER.run(cfg, out)
+    assert "RAGTruth" in results[0].note
+    mw = [json.loads(x) for x in out.metrics_path.read_text().splitlines()][-1]
+    assert mw["stage"] == "mannwhitney" and mw["level"] == "responses"
+    assert (mw["n_faithful"], mw["n_hallucinated"]) == (5, 5)
+    with pytest.raises(ValueError, match="no QA responses"):
+        PAPER.run(dataclasses.replace(cfg, ragtruth_model="nobody"), out)

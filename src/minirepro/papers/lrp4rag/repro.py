@@ -30,6 +30,7 @@ from minirepro.papers.lrp4rag.features import matrix_features, token_means
 from minirepro.papers.lrp4rag.lrp import VARIANTS
 from minirepro.papers.lrp4rag.pipeline import SYSTEM, encode_sample, explain, model_answers
 from minirepro.papers.lrp4rag.plots import relevance_heatmaps
+from minirepro.papers.lrp4rag.ragtruth import load_ragtruth
 from minirepro.tasks.rag import RAGSample, make_rag_examples, rag_samples
 
 __all__ = ["CLAIMS", "PAPER_SCORES", "PRESETS", "Config", "run", "span_tokens"]
@@ -68,6 +69,10 @@ class Config:
         n_splits: folds of the cross-validation ("5-fold").
         seeds: CV seeds (fold shuffles and classifier inits); relevance is computed once.
         data_seed: seed of the synthetic set and of the sampled answers.
+        ragtruth: a folder with RAGTruth's response.jsonl and source_info.jsonl: evaluate on
+            its QA responses instead of the synthetic set (RAGTruth does not ship here).
+        ragtruth_model: keep only this generator's responses (e.g. "llama-2-7b-chat").
+        max_samples: keep at most this many RAGTruth responses (None: all).
         threads: torch intra-op threads during the run (restored after). 1: on the shared
             2-core machine a second thread made decoding 6-10x and relevance 8x slower
             (threads spin-waiting for a descheduled partner, NOTES.md).
@@ -88,6 +93,9 @@ class Config:
     n_splits: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
     data_seed: int = 0
+    ragtruth: str | None = None
+    ragtruth_model: str | None = None
+    max_samples: int | None = None
     threads: int | None = 1
 
     def __post_init__(self) -> None:
@@ -147,8 +155,49 @@ def _token_relevance(pm: Pretrained, samples, rels) -> tuple[np.ndarray, np.ndar
     return np.array(faithful), np.array(swapped)
 
 
+def _samples(cfg: Config, pm: Pretrained) -> list[RAGSample]:
+    """RAGTruth responses if `cfg.ragtruth` names a folder, else the synthetic set."""
+    if cfg.ragtruth is not None:
+        samples = load_ragtruth(cfg.ragtruth, model=cfg.ragtruth_model)[: cfg.max_samples]
+        if not samples:
+            raise ValueError(f"no QA responses in {cfg.ragtruth} (model={cfg.ragtruth_model!r})")
+        return samples
+    examples = make_rag_examples(cfg.n_examples, cfg.data_seed)
+    samples = rag_samples(examples, cfg.data_seed, system=SYSTEM)
+    if cfg.model_answers:
+        samples += model_answers(
+            pm, examples, cfg.answer_temperature, cfg.max_new_tokens, cfg.data_seed
+        )
+    return samples
+
+
+def _mann_whitney(pm: Pretrained, samples, rels) -> tuple[float, dict]:
+    """One-sided Mann-Whitney U: do hallucinated tokens draw less prompt relevance?
+
+    With the synthetic set's spans, the answer-entity tokens of swapped vs faithful
+    responses; otherwise (RAGTruth) every response's mean over its tokens, hallucinated
+    vs faithful responses.
+    """
+    if any(s.kind == "swapped" for s in samples):
+        good, bad = _token_relevance(pm, samples, rels)
+        level = "answer-entity tokens"
+    else:
+        means = np.array([float(token_means(r.prompt).mean()) for r in rels])
+        flags = np.array([s.hallucinated for s in samples])
+        good, bad, level = means[~flags], means[flags], "responses"
+    mw = mannwhitneyu(bad, good, alternative="less")
+    info = {"level": level, "u": float(mw.statistic), "n_faithful": len(good),
+            "n_hallucinated": len(bad), "faithful_median": float(np.median(good)),
+            "hallucinated_median": float(np.median(bad))}  # fmt: skip
+    return float(mw.pvalue), info
+
+
 def _heatmap(pm: Pretrained, samples, rels, out: RunDir) -> None:
-    pair = [i for i, s in enumerate(samples) if s.source_id == samples[0].source_id][:2]
+    """A faithful response and a hallucinated one (to the same prompt where there is one)."""
+    good = next(i for i, s in enumerate(samples) if not s.hallucinated)
+    bad = [i for i, s in enumerate(samples) if s.hallucinated]
+    same = [i for i in bad if samples[i].source_id == samples[good].source_id]
+    pair = [good, (same or bad)[0]]
     tok = pm.tokenizer
     prompt_ids, _ = encode_sample(pm, samples[pair[0]])
     rows = [[tok.decode([t]) for t in encode_sample(pm, samples[i])[1]] for i in pair]
@@ -183,12 +232,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     t0 = time.perf_counter()
     seed_everything(cfg.data_seed)
     pm = _load(cfg)
-    examples = make_rag_examples(cfg.n_examples, cfg.data_seed)
-    samples = rag_samples(examples, cfg.data_seed, system=SYSTEM)
-    if cfg.model_answers:
-        samples += model_answers(
-            pm, examples, cfg.answer_temperature, cfg.max_new_tokens, cfg.data_seed
-        )
+    samples = _samples(cfg, pm)
     y = np.array([int(s.hallucinated) for s in samples])
     groups = np.array([s.source_id for s in samples])
     kinds = {k: sum(s.kind == k for s in samples) for k in ("faithful", "swapped", "model")}
@@ -219,26 +263,23 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
             scores.setdefault(name, []).append(sc)
             out.log(stage="cv", seed=seed, classifier=name, **asdict(sc))
 
-    faithful, swapped = _token_relevance(pm, samples, rels)
-    mw = mannwhitneyu(swapped, faithful, alternative="less")
-    out.log(stage="mannwhitney", p=float(mw.pvalue), u=float(mw.statistic),
-            faithful_median=float(np.median(faithful)), swapped_median=float(np.median(swapped)),
-            n_faithful=len(faithful), n_swapped=len(swapped))  # fmt: skip
+    p_value, mw = _mann_whitney(pm, samples, rels)
+    out.log(stage="mannwhitney", p=p_value, **mw)
     _heatmap(pm, samples, rels, out)
+    return _results(cfg, scores, p_value, mw, len(samples))
 
-    return _results(cfg, scores, mw.pvalue, len(faithful), len(swapped), len(samples))
 
-
-def _results(cfg: Config, scores, p_value: float, n_f: int, n_s: int, n: int) -> list[Result]:
+def _results(cfg: Config, scores, p_value: float, mw: dict, n: int) -> list[Result]:
     seeds = list(cfg.seeds)
 
     def metric(name: str, key: str) -> list[float]:
         return [getattr(s, key) for s in scores[name]]
 
+    data = f"RAGTruth {cfg.ragtruth}" if cfg.ragtruth else "synthetic RAG set"
     where = f"{n} responses, {cfg.n_splits}-fold CV over {len(seeds)} seeds"
     out = [
         Result.check(f"{CLAIMS[0]}", "—", metric("svm", "roc_auc"), AtLeast(0.75), seeds,
-                     note=f"synthetic RAG set on SmolLM2-135M ({where})"),
+                     note=f"{data} on SmolLM2-135M ({where})"),
     ]  # fmt: skip
     diff = [
         a - b for a, b in zip(metric("svm", "roc_auc"), metric("logprob", "roc_auc"), strict=True)
@@ -259,7 +300,7 @@ def _results(cfg: Config, scores, p_value: float, n_f: int, n_s: int, n: int) ->
             [p_value],
             AtMost(0.01),
             [cfg.data_seed],
-            note=f"{n_s} swapped vs {n_f} faithful entity tokens",
+            note=f"{mw['level']}: {mw['n_hallucinated']} hallucinated vs {mw['n_faithful']} faithful",
         )  # fmt: skip
     )
     for key, paper in PAPER_SCORES.items():
