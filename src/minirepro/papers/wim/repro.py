@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
+from minirepro.core.threads import num_threads
 from minirepro.papers.wim.baselines import load_embedder, rag
 from minirepro.papers.wim.evaluate import answer_score, gold_relevance, precision_recall
 from minirepro.papers.wim.inference import WiMConfig, WiMSession
@@ -181,13 +180,8 @@ def load_model() -> LM:
 
 def run(cfg: Config, out: RunDir, lm: LM | None = None) -> list[Result]:
     """Evaluate every item of every seed and check the claims."""
-    previous = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run(cfg, out, lm)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(cfg: Config, out: RunDir, lm: LM | None) -> list[Result]:
