@@ -148,13 +148,14 @@ PRESETS = {
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
     # <= 5 minutes on 2 cores: error-free vs retry 0.5 (no ablations) x 2 seeds of a 3-layer
-    # d=96 decoder, 800 steps of 8 x 192 tokens (about one document per row), on two-layer,
-    # two-item structures with 3 sentences in dependency order, op 1-3 (test one bin beyond);
-    # one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
+    # d=96 decoder, 2000 steps of 2 x 384 tokens packed with whole documents and document
+    # ids (about 3 problems per row, each attending only to itself), on two-layer, two-item
+    # structures with 3 sentences in dependency order, op 1-2, mod 7 (test op 1, 2 and one
+    # beyond, 3); one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
     "quick": Config(
-        steps=800, batch_size=8, seq_len=192, d_model=96, n_layer_model=3, n_head=4,
-        n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True,
-        train_ops=(1, 3), test_bins=((1, 2), (3, 3), (4, 5)), n_test=50, lr=1e-2,
+        steps=2000, batch_size=2, seq_len=384, d_model=96, n_layer_model=3, n_head=4,
+        n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True, mod=7,
+        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), n_test=50, lr=1e-2,
         symbol_method="seq", retry_rates=(0.5,), ablations=False,
     ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
