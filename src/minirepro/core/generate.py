@@ -134,16 +134,28 @@ def stream(
     params: SamplingParams = SamplingParams(),
     *,
     use_cache: bool = True,
+    document_ids: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token of every sequence, (B,), one step at a time.
 
     A finished sequence (stop token seen) keeps yielding its stop token; iteration ends when
     every sequence has finished or max_new_tokens steps were taken. Without use_cache, every
     step recomputes the whole prefix (the oracle the cache is tested against).
+    document_ids (B, S) marks the documents of the prompt rows (e.g. 0 on left padding, 1
+    on the prompt: `minirepro.core.documents.left_pad_document_ids`); new tokens continue
+    each row's last document. The model's forward must take ``document_ids``.
     """
     device = next(model.parameters()).device
     ids = _as_batch(prompt, device)
     B, S = ids.shape
+    kw = {}
+    if document_ids is not None:
+        if tuple(document_ids.shape) != (B, S):
+            raise ValueError(
+                f"document_ids must have the prompt's shape {(B, S)}, "
+                f"got {tuple(document_ids.shape)}"
+            )
+        kw = {"document_ids": document_ids.to(device)}
     cache = model.new_cache(B, S + params.max_new_tokens) if use_cache else None
     if params.max_new_tokens == 0:
         return
@@ -153,9 +165,12 @@ def stream(
         if use_cache:
             return model(token[:, None], cache)[:, -1]
         ids = torch.cat([ids, token[:, None]], dim=1)
-        return model(ids)[:, -1]
+        if kw:  # the new token continues its row's last document
+            docs = kw["document_ids"]
+            kw["document_ids"] = torch.cat([docs, docs[:, -1:]], dim=1)
+        return model(ids, **kw)[:, -1]
 
-    yield from decode_from(step, model(ids, cache)[:, -1], params)
+    yield from decode_from(step, model(ids, cache, **kw)[:, -1], params)
 
 
 def generate(
@@ -165,6 +180,7 @@ def generate(
     *,
     use_cache: bool = True,
     on_token: Callable[[Tensor], None] | None = None,
+    document_ids: Tensor | None = None,
     **kwargs,
 ) -> list[list[int]]:
     """New tokens for each prompt in a batch of equal-length prompts.
@@ -175,6 +191,8 @@ def generate(
         params: sampling parameters; or pass their fields as keyword arguments.
         use_cache: decode incrementally with the KV cache (False recomputes every step).
         on_token: called with each step's tokens (B,), for streaming.
+        document_ids: (B, S) documents of the prompt rows (see `stream`), e.g. to keep a
+            left-padded batch from attending to its padding.
     Returns:
         For each prompt, the generated ids without the stop token.
     """
@@ -182,7 +200,7 @@ def generate(
         raise ValueError("pass either params or sampling keyword arguments, not both")
     params = params or SamplingParams(**kwargs)
     steps = []
-    for token in stream(model, prompt, params, use_cache=use_cache):
+    for token in stream(model, prompt, params, use_cache=use_cache, document_ids=document_ids):
         steps.append(token)
         if on_token is not None:
             on_token(token)

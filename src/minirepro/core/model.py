@@ -11,6 +11,10 @@ Two things are pluggable, by name, so papers can swap them without touching this
 
 Weights convert to and from HF `LlamaForCausalLM` (`to_hf`, `from_hf`), so the forward pass
 is tested against transformers' and the real SmolLM2 loads into it.
+
+Rows packed with several documents take `document_ids` (`minirepro.core.documents`):
+positions restart at each document and attention stays inside it (a block-diagonal causal
+mask), so a packed row computes what each document would compute alone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from minirepro.core.documents import check_document_ids, document_layout
 
 
 @dataclass
@@ -105,6 +111,10 @@ class AttentionFn(Protocol):
         """q: (B, H, S, D); k, v: (B, H_kv, T, D) with T = q_start + S. Returns (B, H, S, D).
 
         Query i sits at position q_start + i; keys sit at positions 0..T-1.
+
+        A function that also takes ``mask=`` (a boolean (B, 1, S, T), True where query i may
+        attend to key j, causality included) and sets ``fn.takes_mask = True`` serves rows
+        of packed documents; the model passes ``mask`` only to such functions.
         """
         ...
 
@@ -145,9 +155,13 @@ def _require_causal(cfg: ModelConfig) -> None:
 def _sdpa_factory(cfg: ModelConfig) -> AttentionFn:
     _require_causal(cfg)
 
-    def sdpa(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
+    def sdpa(
+        q: Tensor, k: Tensor, v: Tensor, *, q_start: int, mask: Tensor | None = None
+    ) -> Tensor:
         S, T = q.shape[2], k.shape[2]
         gqa = q.shape[1] != k.shape[1]
+        if mask is not None:  # (B, 1, S, T): documents, causality included
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         if q_start == 0 and S == T:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         if S == 1:  # one decoding step sees every cached key
@@ -155,21 +169,26 @@ def _sdpa_factory(cfg: ModelConfig) -> AttentionFn:
         mask = causal_mask(q_start, S, T, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
+    sdpa.takes_mask = True
     return sdpa
 
 
 def _eager_factory(cfg: ModelConfig) -> AttentionFn:
     _require_causal(cfg)
 
-    def eager(q: Tensor, k: Tensor, v: Tensor, *, q_start: int) -> Tensor:
+    def eager(
+        q: Tensor, k: Tensor, v: Tensor, *, q_start: int, mask: Tensor | None = None
+    ) -> Tensor:
         group = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(group, dim=1)  # (B, H, T, D)
         v = v.repeat_interleave(group, dim=1)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, S, T)
-        mask = causal_mask(q_start, q.shape[2], k.shape[2], q.device)
+        if mask is None:
+            mask = causal_mask(q_start, q.shape[2], k.shape[2], q.device)
         scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(-1) @ v
 
+    eager.takes_mask = True
     return eager
 
 
@@ -227,14 +246,18 @@ class SwiGLU(nn.Module):
 class MixerInput:
     """What a token mixer receives besides x: positions and its cache slot.
 
-    cos, sin: RoPE tables for the S new positions, (S, head_dim).
-    start_pos: position of the first new token. cache: this layer's state or None.
+    cos, sin: RoPE tables for the S new positions, (S, head_dim), or (B, 1, S, head_dim)
+    when rows hold several documents (positions restart per document).
+    start_pos: index of the first new token in the row. cache: this layer's state or None.
+    mask: None (one causal sequence per row) or the (B, 1, S, T) document mask of
+    `minirepro.core.documents`; a mixer that handles it sets ``takes_documents = True``.
     """
 
     cos: Tensor
     sin: Tensor
     start_pos: int
     cache: Any = None
+    mask: Tensor | None = None
 
 
 class KVCache:
@@ -270,6 +293,8 @@ class KVCache:
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE; the attention function is pluggable."""
 
+    takes_documents = True  # honours MixerInput.mask (if its attention function takes masks)
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -278,6 +303,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         self.attn_fn = get_attention(cfg)
+        self.attention = cfg.attention
 
     def new_cache(self, batch_size: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch_size, self.n_kv_head, max_len, self.head_dim, device, dtype)
@@ -292,7 +318,15 @@ class Attention(nn.Module):
             k, v = inp.cache.update(inp.start_pos, k, v)  # (B, Hkv, start+S, D)
         elif inp.start_pos != 0:
             raise ValueError("start_pos > 0 needs a cache holding the earlier keys")
-        y = self.attn_fn(q, k, v, q_start=inp.start_pos)  # (B, H, S, D)
+        if inp.mask is None:
+            y = self.attn_fn(q, k, v, q_start=inp.start_pos)  # (B, H, S, D)
+        elif getattr(self.attn_fn, "takes_mask", False):
+            y = self.attn_fn(q, k, v, q_start=inp.start_pos, mask=inp.mask)
+        else:
+            raise ValueError(
+                f"attention {self.attention!r} takes no document mask; use attention='sdpa' "
+                "or 'eager' for rows with document_ids"
+            )
         return self.wo(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim))
 
 
@@ -333,16 +367,23 @@ class Block(nn.Module):
 
 
 class Cache:
-    """Per-layer decoding state of a whole model, and how many positions it holds."""
+    """Per-layer decoding state of a whole model, and how many positions it holds.
+
+    `doc_ids` (B, max_len) holds the document ids of the cached tokens once a forward pass
+    gave `document_ids` (None before: one document per row).
+    """
 
     def __init__(self, layers: list[Any], max_len: int) -> None:
         self.layers = layers
         self.max_len = max_len
         self.pos = 0
+        self.doc_ids: Tensor | None = None
 
     def reorder(self, index: Tensor) -> None:
         for c in self.layers:
             c.reorder(index)
+        if self.doc_ids is not None:
+            self.doc_ids = self.doc_ids[index]
 
     def crop(self, length: int) -> None:
         """Forget positions >= length (speculative decoding rejects drafted tokens).
@@ -403,11 +444,21 @@ class Transformer(nn.Module):
         return Cache(layers, max_len)
 
     def forward(
-        self, idx: Tensor, cache: Cache | None = None, *, return_hidden: bool = False
+        self,
+        idx: Tensor,
+        cache: Cache | None = None,
+        *,
+        document_ids: Tensor | None = None,
+        return_hidden: bool = False,
     ) -> Tensor:
         """Logits (B, S, vocab_size) for token ids idx (B, S).
 
         With a cache, idx continues the sequences the cache holds and the cache advances by S.
+        With document_ids (B, S) integers, each row holds several documents (maximal runs of
+        equal ids; padding is a document of its own): positions restart at each document and
+        tokens attend only within their own, so every document's output equals the output
+        of the document alone. With a cache that has seen ids, new tokens without ids
+        continue the last document of their row.
         With return_hidden, returns the final normalised hidden states (B, S, d_model) instead.
         """
         if idx.ndim != 2:
@@ -420,19 +471,45 @@ class Transformer(nn.Module):
         if S and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size})")
         x = self.embed(idx)  # (B, S, d_model)
-        cos, sin = rope_cos_sin(
-            torch.arange(start, start + S, device=idx.device),
-            self.cfg.head_dim,
-            self.cfg.rope_theta,
-            x.dtype,
-        )
+        mask, positions = None, torch.arange(start, start + S, device=idx.device)
+        if document_ids is not None or (cache is not None and cache.doc_ids is not None):
+            layout = self._document_layout(idx, cache, document_ids)
+            mask, positions = layout.mask, layout.positions  # (B, 1, S, T), (B, S)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        if mask is not None:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
         for i, block in enumerate(self.layers):
-            inp = MixerInput(cos, sin, start, cache.layers[i] if cache is not None else None)
-            x = block(x, inp)
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = block(x, MixerInput(cos, sin, start, layer_cache, mask))
         if cache is not None:
             cache.pos = start + S
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
+
+    def _document_layout(self, idx: Tensor, cache: Cache | None, document_ids: Tensor | None):
+        """Positions and mask of rows of packed documents; records the ids in the cache."""
+        B, S = idx.shape
+        start = cache.pos if cache is not None else 0
+        for i, block in enumerate(self.layers):
+            if not getattr(block.mixer, "takes_documents", False):
+                raise ValueError(
+                    f"layer {i}'s mixer {self.cfg.mixer_of(i)!r} cannot separate documents; "
+                    "document_ids need attention layers"
+                )
+        if document_ids is None:  # continue each row's last cached document
+            document_ids = cache.doc_ids[:, start - 1 : start].expand(B, S)
+        check_document_ids(document_ids, (B, S))
+        document_ids = document_ids.to(idx.device)
+        if cache is None:
+            return document_layout(document_ids, 0)
+        if cache.doc_ids is None:
+            if start > 0:
+                raise ValueError(
+                    "document_ids must be given from the first forward pass on a cache"
+                )
+            cache.doc_ids = torch.zeros(B, cache.max_len, dtype=torch.long, device=idx.device)
+        cache.doc_ids[:, start : start + S] = document_ids
+        return document_layout(cache.doc_ids[:, : start + S], start)
 
 
 # --------------------------------------------------------------------------- HF Llama

@@ -254,19 +254,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
-def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The default loss: token cross-entropy, mean over targets that are not -100.
 
     Args:
         model: Maps ids ``(B, S)`` to logits ``(B, S, V)`` (if it returns a tuple, the first
             element is taken as the logits).
-        batch: ``(x, y)``: input ids ``(B, S)`` and target ids ``(B, S)``, -100 to ignore.
+        batch: ``(x, y)``: input ids ``(B, S)`` and target ids ``(B, S)``, -100 to ignore;
+            or ``(x, y, document_ids)`` for rows packed with several documents (``(B, S)``
+            integers, passed to the model as ``document_ids``; see `minirepro.core.documents`).
 
     Returns:
         The scalar loss.
     """
-    x, y = batch
-    logits = model(x)
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError("lm_loss takes a batch (x, y) or (x, y, document_ids)")
+    x, y, *docs = batch
+    logits = model(x, document_ids=docs[0]) if docs else model(x)
     if isinstance(logits, tuple):
         logits = logits[0]
     return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), ignore_index=-100)

@@ -90,8 +90,11 @@ def test_packing_matches_tokens_and_left_pads(problems, tok):
     for v in (Variant("ef"), Variant("r", 0.5)):
         rng = random.Random(0)
         docs = (document(tok, p, v, rng) for p in problems)
-        x, y, n = pack_rows(docs, 6, 512, tok.pad_id)
-        assert x.shape == y.shape == (6, 512)
+        x, y, ids, n = pack_rows(docs, 6, 512, tok.pad_id)
+        assert x.shape == y.shape == ids.shape == (6, 512)
+        assert bool((ids[x == tok.pad_id] == 0).all()) and bool((ids[x == tok.bos_id] > 0).all())
+        starts = (x == tok.bos_id).sum(1)  # one document id per <bos>, numbered 1, 2, ...
+        assert ids.max(1).values.tolist() == starts.tolist()
         counts[v.name] = n
         for row in x:  # padding only on the left, then <bos> starts a document
             real = (row != tok.pad_id).nonzero()

@@ -7,7 +7,11 @@ paper pretrains on the whole text, see NOTES.md); with ``mask_errors`` the token
 wrong step (``Define <param> as``) are left out too, while ``[BACK]`` stays in.
 
 Rows are filled greedily with whole documents and padded *on the left*, so a model trained
-on them has seen left padding and can be evaluated on a left-padded batch of prompts.
+on them has seen left padding and can be evaluated on a left-padded batch of prompts. Each
+row also gets its document ids (0 on the padding, 1, 2, ... on its documents): a model given
+them (``document_ids``, `minirepro.core.documents`) attends only within each document, so
+rows can be packed with several problems without one problem's names being looked up in
+another, and the padding is invisible.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def document(
 
 def pack_rows(
     docs: Iterable[tuple[list[int], list[int]]], n_rows: int, seq_len: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Fill ``n_rows`` rows of ``seq_len + 1`` tokens with whole documents, left-padded.
 
     Args:
@@ -148,17 +152,20 @@ def pack_rows(
         pad_id: Padding id (its labels are ignored).
 
     Returns:
-        ``(x, y, n_docs)``: inputs (n_rows, S), targets (n_rows, S) with -100 where no
-        loss is taken, and how many documents were used.
+        ``(x, y, doc_ids, n_docs)``: inputs (n_rows, S), targets (n_rows, S) with -100
+        where no loss is taken, the inputs' document ids (n_rows, S; 0 on the padding, 1, 2,
+        ... on the row's documents) and how many documents were used.
     """
     it = iter(docs)
     x = torch.full((n_rows, seq_len + 1), pad_id, dtype=torch.long)
     y = torch.full((n_rows, seq_len + 1), IGNORE, dtype=torch.long)
+    d = torch.zeros((n_rows, seq_len + 1), dtype=torch.long)
     pending: tuple[list[int], list[int]] | None = None
     n_docs = 0
     for r in range(n_rows):
         ids: list[int] = []
         labels: list[int] = []
+        doc_ids: list[int] = []
         while True:
             if pending is None:
                 pending = next(it)
@@ -171,12 +178,14 @@ def pack_rows(
                 break
             ids += pending[0]
             labels += pending[1]
+            doc_ids += [(doc_ids[-1] if doc_ids else 0) + 1] * len(pending[0])
             pending = None
         start = seq_len + 1 - len(ids)
         x[r, start:] = torch.tensor(ids)
         y[r, start:] = torch.tensor(labels)
+        d[r, start:] = torch.tensor(doc_ids, dtype=torch.long)
     n_docs -= pending is not None
-    return x[:, :-1], y[:, 1:], n_docs
+    return x[:, :-1], y[:, 1:], d[:, :-1], n_docs
 
 
 def left_pad(prompts: Sequence[list[int]], pad_id: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minirepro.core.documents import left_pad_document_ids
 from minirepro.core.generate import SamplingParams, generate
 from minirepro.core.tokenizer import WordTokenizer
 from minirepro.papers.retry.data import left_pad, prompt_ids
@@ -41,16 +42,23 @@ def solve(
     problems: Sequence[Problem],
     max_new_tokens: int,
     batch_size: int = 256,
+    documents: bool = False,
 ) -> list[str]:
     """Greedy solutions of ``problems`` (left-padded batches, KV cache), as text with special
-    tokens such as [BACK] kept."""
+    tokens such as [BACK] kept.
+
+    With ``documents`` the padding is a document of its own (``document_ids``): the model
+    neither attends to it nor counts it in positions, as in training on rows with document
+    ids. Without it the model sees the padding, as in training without them."""
     model.eval()
     params = SamplingParams(max_new_tokens=max_new_tokens, stop_tokens=(tok.eos_id,))
     out: list[str] = []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
-        ids = left_pad([prompt_ids(tok, p) for p in chunk], tok.pad_id)  # (B, S)
-        for row in generate(model, ids, params):
+        prompts = [prompt_ids(tok, p) for p in chunk]
+        ids = left_pad(prompts, tok.pad_id)  # (B, S)
+        docs = left_pad_document_ids([len(p) for p in prompts], ids.shape[1]) if documents else None
+        for row in generate(model, ids, params, document_ids=docs):
             out.append(tok.decode(row, skip_special=False))
     return out
 

@@ -67,6 +67,10 @@ class Config:
             model at ``ablation_rate`` solves at least this share of the hardest bin.
         d_model, n_layer_model, n_head: The decoder (the paper: GPT-2-style, 12 layers).
         seq_len: Row length; every variant trains on steps * batch_size * seq_len tokens.
+        documents: Give the model each row's document ids, so the documents packed in a
+            row attend only within themselves and their positions start at 0
+            (`minirepro.core.documents`); without them a problem can read another's facts.
+        precision: `TrainConfig.precision` ("auto": bf16 where the CPU and width pay).
         steps, batch_size, lr, warmup_steps: Training.
         max_new_tokens: Generation budget per solution (None: 1.5 x the longest correct
             test solution).
@@ -94,6 +98,8 @@ class Config:
     n_layer_model: int = 4
     n_head: int = 4
     seq_len: int = 384
+    documents: bool = True
+    precision: str = "fp32"
     steps: int = 300
     batch_size: int = 16
     lr: float = 2e-3
@@ -142,13 +148,14 @@ PRESETS = {
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
     # <= 5 minutes on 2 cores: error-free vs retry 0.5 (no ablations) x 2 seeds of a 3-layer
-    # d=96 decoder, 800 steps of 8 x 192 tokens (about one document per row), on two-layer,
-    # two-item structures with 3 sentences in dependency order, op 1-3 (test one bin beyond);
-    # one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
+    # d=96 decoder, 2000 steps of 2 x 384 tokens packed with whole documents and document
+    # ids (about 3 problems per row, each attending only to itself), on two-layer, two-item
+    # structures with 3 sentences in dependency order, op 1-2, mod 7 (test op 1, 2 and one
+    # beyond, 3); one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
     "quick": Config(
-        steps=800, batch_size=8, seq_len=192, d_model=96, n_layer_model=3, n_head=4,
-        n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True,
-        train_ops=(1, 3), test_bins=((1, 2), (3, 3), (4, 5)), n_test=50, lr=1e-2,
+        steps=2000, batch_size=2, seq_len=384, d_model=96, n_layer_model=3, n_head=4,
+        n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True, mod=7,
+        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), n_test=50, lr=1e-2,
         symbol_method="seq", retry_rates=(0.5,), ablations=False,
     ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
@@ -219,8 +226,8 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         # seeded by rate and kind, not name: the masked variant sees its twin's documents
         rng = random.Random(f"{cfg.data_seed}:{v.kind}:{v.retry_rate}")
         docs = (document(tok, p, v, rng, cfg.statement_loss) for p in pool)
-        x, y, n_docs = pack_rows(docs, n_rows, cfg.seq_len, tok.pad_id)
-        packed[v.name] = (x, y)
+        x, y, doc_ids, n_docs = pack_rows(docs, n_rows, cfg.seq_len, tok.pad_id)
+        packed[v.name] = (x, y, doc_ids) if cfg.documents else (x, y)
         out.log(stage="pack", variant=v.name, n_problems=n_docs,
                 loss_tokens=int((y != -100).sum()), tokens=x.numel())  # fmt: skip
     acc: dict[str, list[list[float]]] = {v.name: [] for v in vs}  # variant -> seed -> bin
@@ -232,7 +239,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         model, loss = _train(cfg, tok.vocab_size, packed[v.name], seed, longest)
         out.log(stage="train", seed=seed, variant=v.name, final_loss=loss,
                 seconds=time.perf_counter() - t1)  # fmt: skip
-        sols = solve(model, tok, flat, max_new_tokens=max_new)
+        sols = solve(model, tok, flat, max_new_tokens=max_new, documents=cfg.documents)
         bins, n_back, steps_right = [], 0, []
         for k, ((lo, hi), problems) in enumerate(zip(cfg.test_bins, tests)):
             part = sols[k * cfg.n_test : (k + 1) * cfg.n_test]
@@ -253,7 +260,6 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
 def _train(
     cfg: Config, vocab_size: int, data, seed: int, longest: int
 ) -> tuple[Transformer, float]:
-    x, y = data
     seed_everything(seed)
     mcfg = ModelConfig(
         vocab_size=vocab_size, n_layer=cfg.n_layer_model, n_head=cfg.n_head,
@@ -262,11 +268,11 @@ def _train(
     model = Transformer(mcfg)
     tcfg = TrainConfig(
         steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps,
-        weight_decay=0.1, seed=seed, log_every=max(1, cfg.steps // 10),
+        weight_decay=0.1, seed=seed, log_every=max(1, cfg.steps // 10), precision=cfg.precision,
     )  # fmt: skip
     b = cfg.batch_size
     # data order is fixed (row i at step i // B): same for every variant and seed
-    state = train(model, tcfg, lambda i, g: (x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]))
+    state = train(model, tcfg, lambda i, g: tuple(t[i * b : (i + 1) * b] for t in data))
     return model, state.history[-1]["loss"]
 
 
