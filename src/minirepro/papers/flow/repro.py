@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from minirepro.core.precision import check_precision
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
+from minirepro.core.threads import num_threads
 from minirepro.papers.flow import experiments as ex
 
 __all__ = ["EXPERIMENTS", "PRESETS", "Config", "run"]
@@ -144,13 +143,8 @@ def run(cfg: Config, out: RunDir) -> list[Result]:
     Returns:
         One Result per claim.
     """
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads or None):
         per_seed = _run_experiments(cfg, out)
-    finally:
-        torch.set_num_threads(threads)
     return _results(cfg, per_seed)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
+from minirepro.core.threads import num_threads
 from minirepro.papers.jacobian import experiments as ex
 from minirepro.papers.jacobian import plots
 from minirepro.papers.jacobian.fast import MLPPushforward
@@ -156,18 +157,6 @@ class Trained:
     bulk: torch.Tensor  # indices with |σ - 1| < bulk_tol
 
 
-@contextlib.contextmanager
-def _num_threads(n: int | None):
-    """Sets torch's intra-op threads inside the block (None: leaves them) and restores them."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _dtype(cfg: Config) -> torch.dtype:
     return getattr(torch, cfg.dtype)
 
@@ -285,7 +274,7 @@ def run(cfg: Config, out: RunDir) -> list[Result]:
     Returns:
         One Result per claim in `CLAIMS` (the KL claim twice: noise and inverted inputs).
     """
-    with _num_threads(cfg.threads), contextlib.ExitStack() as stack:
+    with num_threads(cfg.threads), contextlib.ExitStack() as stack:
         pool = stack.enter_context(process_pool(cfg.workers)) if cfg.workers > 1 else None
         return _run(cfg, out, pool)
 

@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from minirepro.core.model import ModelConfig, Transformer
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir, Within
 from minirepro.core.seed import seed_everything
+from minirepro.core.threads import num_threads
 from minirepro.core.train import TrainConfig, train
 from minirepro.papers.retry.data import Variant, build_tokenizer, document, pack_rows
 from minirepro.papers.retry.evaluate import score, solve
@@ -198,13 +197,8 @@ def _test_sets(cfg: Config) -> list[list[Problem]]:
 
 def run(cfg: Config, out: RunDir) -> list[Result]:
     """Train every variant for every seed, evaluate, and check the claims."""
-    previous = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run(cfg, out)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(cfg: Config, out: RunDir) -> list[Result]:

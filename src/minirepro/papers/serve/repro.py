@@ -28,6 +28,7 @@ import torch
 
 from minirepro.core.bench import peak_matmul_flops
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir, Within
+from minirepro.core.threads import num_threads
 from minirepro.registry import Paper
 
 CLAIMS = [
@@ -575,13 +576,8 @@ def batch_sweep(model, cfg: Config, tokenizer=None) -> dict[int, float]:
 
 def run(cfg: Config, out: RunDir) -> list[Result]:
     """Runs the four measurements; returns the Results."""
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run(cfg, out)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: Config, out: RunDir) -> list[Result]:
