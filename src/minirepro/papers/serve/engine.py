@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from minirepro.core.model import Transformer
+from minirepro.papers.serve.dtypes import DTYPES, activation_dtype, resolve_dtype
 from minirepro.papers.serve.gemm import GEMMS
 from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache
 from minirepro.papers.serve.offload import OffloadStore
@@ -73,6 +74,9 @@ class EngineConfig:
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
     gemm: str = "auto"  # projections: "packed" (C++, decode) + oneDNN, "onednn", "torch", "auto"
+    # number format (dtypes.py): "float32"; "bfloat16" weights and KV cache; "int8" weight-only
+    # int8 decode GEMMs (bf16 KV cache). Without native bf16 it warns and runs float32.
+    dtype: str = "float32"
     # mixed into what the KV is said to belong to (prefix-cache root, offload files): an
     # adapter's name or a tenant, so their cached blocks are never shared
     cache_salt: str = ""
@@ -91,6 +95,8 @@ class EngineConfig:
             raise ValueError(f"attention must be one of {BACKENDS}, got {self.attention!r}")
         if self.gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {self.gemm!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
 @dataclass
@@ -169,25 +175,35 @@ class LLMEngine:
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         cfg = model.cfg
         w = model.embed.weight
+        # what runs here: config.dtype, or float32 where the CPU lacks native bf16 (warns)
+        if w.dtype != torch.float32 and config.dtype != "float32":
+            raise ValueError(f"dtype={config.dtype!r} converts a float32 model, got {w.dtype}")
+        self.dtype = resolve_dtype(config.dtype, w.device)
         self.cache = PagedKVCache(
             cfg.n_layer,
             config.num_blocks,
             config.block_size,
             cfg.n_kv_head,
             cfg.head_dim,
-            w.dtype,
+            activation_dtype(self.dtype) if w.dtype == torch.float32 else w.dtype,
             w.device,
         )
         # what the KV belongs to: the root of the prefix cache's hash chain, the offload's key
         self.identity = hashlib.sha256(
             repr(
-                (cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()), config.cache_salt)
+                (
+                    cfg.to_dict(),
+                    str(w.dtype),
+                    self.dtype,
+                    float(w.detach().float().sum()),
+                    config.cache_salt,
+                )
             ).encode()
         ).hexdigest()[:16]
         self.blocks = BlockManager(
             config.num_blocks, config.block_size, config.enable_prefix_caching, self.identity
         )
-        self.runner = ModelRunner(model, self.cache, config.attention, config.gemm)
+        self.runner = ModelRunner(model, self.cache, config.attention, config.gemm, self.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill
