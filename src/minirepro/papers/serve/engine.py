@@ -565,6 +565,42 @@ class LLMEngine:
             raise RuntimeError(f"{len(errors)} of {len(ids)} requests failed; {errors[0]}")
         return [out[rid] for rid in ids]
 
+    @torch.inference_mode()
+    def score(self, token_ids: Seq[int]) -> Tensor:
+        """Log-probability of each token given the ones before it, computed by the engine's
+        own forward (its dtype, GEMMs and KV cache): (len(token_ids) - 1,) fp32.
+
+        The text goes through in chunks of `max_num_batched_tokens`, as a chunked prefill
+        would; its blocks are taken from the pool and given back. Call it on an idle engine
+        (no unfinished requests), from the thread that calls `step()`.
+        """
+        ids = [int(t) for t in token_ids]
+        V, T = self.model.cfg.vocab_size, len(ids)
+        if T < 2 or T > self.model.cfg.max_seq_len or min(ids) < 0 or max(ids) >= V:
+            raise ValueError(
+                f"score needs 2 to {self.model.cfg.max_seq_len} token ids in [0, {V}), got {T} ids"
+            )
+        if self.has_unfinished_requests() or self._inflight is not None:
+            raise RuntimeError("score() runs on an idle engine (requests are unfinished)")
+        n_blocks = -(-T // self.config.block_size)
+        if n_blocks > self.blocks.num_available():
+            raise ValueError(f"{T} tokens need {n_blocks} free KV blocks")
+        table = self.blocks.allocate(n_blocks)
+        out = []
+        try:
+            step = self.config.max_num_batched_tokens
+            for start in range(0, T - 1, step):
+                m = min(step, T - 1 - start)
+                batch = self.runner.prepare([SeqWork(start, m, table, True)])
+                batch.logits_rows = torch.arange(m)
+                self.runner.set_input_ids(batch, ids[start : start + m])
+                logp = torch.log_softmax(self.runner.forward(batch).float(), dim=-1)
+                nxt = torch.tensor(ids[start + 1 : start + m + 1])
+                out.append(logp.gather(1, nxt[:, None])[:, 0])
+        finally:
+            self.blocks.release(table)
+        return torch.cat(out)
+
     def close(self) -> None:
         """Finish offload writes and stop the worker threads."""
         if self._io is not None:
