@@ -260,12 +260,18 @@ def run_hf_static(hf, wl: Workload, batch_size: int) -> tuple[float, float, list
     return time.perf_counter() - t0, time.process_time() - c0, outs
 
 
-def optimal_tok_s(model, sizes: tuple[int, ...] = (512, 1024, 2048)) -> tuple[float, float]:
+def optimal_tok_s(
+    model, sizes: tuple[int, ...] = (512, 1024, 2048), dtype: str = "float32"
+) -> tuple[float, float]:
     """(optimal tokens/s, peak FLOP/s): measured peak matmul FLOP/s / (2 x parameters).
 
-    The peak is measured afresh (not the per-process cache) at the current thread count.
+    The peak is measured afresh (not the per-process cache) at the current thread count, in
+    the arithmetic the engine's `dtype` multiplies in: fp32 for "float32", bf16 for
+    "bfloat16" and for "int8" (weight-only int8 is widened to bf16 before the multiply-adds).
     """
-    peak = peak_matmul_flops.__wrapped__(tuple(sizes))
+    from minirepro.papers.serve.dtypes import activation_dtype
+
+    peak = peak_matmul_flops.__wrapped__(tuple(sizes), dtype=activation_dtype(dtype))
     return peak / (2 * model.num_params()), peak
 
 

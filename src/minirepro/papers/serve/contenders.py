@@ -1,0 +1,170 @@
+"""Our engine in each dtype and llama.cpp on the same requests: throughput and time to first
+token, batched (a whole workload arriving at once) and single-stream (one request alone).
+
+llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python`, built from its
+source package by `make bench`, see benchmarks/README or the Makefile), on the GGUF file our
+engine loads (SmolLM2-135M-Instruct Q4_1), one request at a time: the binding's high-level
+API has no continuous batching. llama.cpp's own server (parallel slots) is in the same source
+package (vendor/llama.cpp/tools/server) but is not built here yet -- see NOTES.md. Every
+request must produce exactly its number of tokens, so llama.cpp's generator is read past
+end-of-sequence, as our engine runs with ignore_eos.
+
+All times are wall-clock; TTFT is measured from the moment the workload arrives (every
+request at t = 0), so for a one-at-a-time server it includes the wait for the requests
+before it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    """One contender's pass over a workload."""
+
+    wall_s: float
+    output_tokens: int
+    prompt_tokens: int
+    ttft_s: list[float]  # per request, from the workload's arrival
+    outputs: list[list[int]]
+
+    @property
+    def output_tok_s(self) -> float:
+        return self.output_tokens / self.wall_s
+
+    @property
+    def total_tok_s(self) -> float:
+        return (self.output_tokens + self.prompt_tokens) / self.wall_s
+
+    @property
+    def ttft_median_s(self) -> float:
+        return statistics.median(self.ttft_s)
+
+
+def run_engine_timed(engine, prompts: list[list[int]], output_lens: list[int]) -> Timing:
+    """All requests added at t = 0 to `engine` (an idle `LLMEngine`), run to the end."""
+    from minirepro.papers.serve.sampling import SamplingParams
+
+    t0 = time.perf_counter()
+    ids = [f"timed-{i}" for i in range(len(prompts))]
+    for rid, p, n in zip(ids, prompts, output_lens):
+        engine.add_request(rid, p, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    first: dict[str, float] = {}
+    outs: dict[str, list[int]] = {rid: [] for rid in ids}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            if o.new_token_ids and o.request_id not in first:
+                first[o.request_id] = time.perf_counter() - t0
+            outs[o.request_id] += o.new_token_ids
+            if o.error is not None:
+                raise RuntimeError(f"{o.request_id}: {o.error}")
+    wall = time.perf_counter() - t0
+    return Timing(
+        wall,
+        sum(output_lens),
+        sum(len(p) for p in prompts),
+        [first[r] for r in ids],
+        [outs[r] for r in ids],
+    )
+
+
+def llama_cpp_available() -> str | None:
+    """None when llama-cpp-python imports, else why not (a line for the benchmark)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        return f"llama_cpp not installed ({exc}); `make bench` builds it from source"
+    return None
+
+
+class LlamaCpp:
+    """llama.cpp (through llama-cpp-python) on a GGUF file, greedy, one request at a time.
+
+    Args:
+        gguf: Path of the model file.
+        n_threads: Threads for prefill and decode (default: torch's intra-op thread count,
+            so both contenders get the same).
+        n_ctx: Context window (prompt + output of the longest request).
+    """
+
+    def __init__(self, gguf: str, n_threads: int | None = None, n_ctx: int = 1024) -> None:
+        import llama_cpp
+
+        self.n_threads = n_threads or torch.get_num_threads()
+        self.llm = llama_cpp.Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            verbose=False,
+        )
+        self.version = llama_cpp.__version__
+        info = llama_cpp.llama_print_system_info()
+        self.system_info = info.decode() if isinstance(info, bytes) else str(info)
+
+    def generate(self, prompt: list[int], n: int, t0: float | None = None) -> tuple[float, list]:
+        """(seconds from t0 -- default: now -- to the first token, the n greedy tokens)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        self.llm.reset()  # no reuse of the previous request's KV
+        out: list[int] = []
+        first = 0.0
+        for tok in self.llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if not out:
+                first = time.perf_counter() - t0
+            out.append(int(tok))
+            if len(out) == n:
+                break
+        return first, out
+
+    def run(self, prompts: list[list[int]], output_lens: list[int]) -> Timing:
+        """The whole workload, arriving at t = 0, served one request after another."""
+        t0 = time.perf_counter()
+        ttft, outs = [], []
+        for p, n in zip(prompts, output_lens):
+            first, out = self.generate(p, n, t0)
+            ttft.append(first)
+            outs.append(out)
+        wall = time.perf_counter() - t0
+        return Timing(wall, sum(output_lens), sum(len(p) for p in prompts), ttft, outs)
+
+
+def single_stream(run, prompt: list[int], n: int) -> dict[str, float]:
+    """TTFT (= prefill of `prompt`) and decode tok/s of one request alone.
+
+    `run(prompt, n)` returns (seconds to first token, wall seconds, tokens).
+    """
+    ttft, wall, toks = run(prompt, n)
+    if len(toks) != n:
+        raise RuntimeError(f"asked for {n} tokens, got {len(toks)}")
+    return {
+        "ttft_s": ttft,
+        "prefill_tok_s": len(prompt) / ttft,
+        "decode_tok_s": (n - 1) / (wall - ttft),
+    }
+
+
+def engine_single(engine):
+    """A `single_stream` runner on an idle `LLMEngine`."""
+
+    def run(prompt, n):
+        t = run_engine_timed(engine, [prompt], [n])
+        return t.ttft_s[0], t.wall_s, t.outputs[0]
+
+    return run
+
+
+def llama_single(llm: LlamaCpp):
+    """A `single_stream` runner on a `LlamaCpp`."""
+
+    def run(prompt, n):
+        t0 = time.perf_counter()
+        ttft, toks = llm.generate(prompt, n, t0)
+        return ttft, time.perf_counter() - t0, toks
+
+    return run
