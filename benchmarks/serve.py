@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--skip-hf", action="store_true", help="skip HF and the offload TTFT")
     p.add_argument("--single-prompt", type=int, default=400)
     p.add_argument("--single-tokens", type=int, default=128)
+    p.add_argument("--single-reps", type=int, default=3)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +146,15 @@ def _precision(report: BenchReport, model, tok, cfg, args) -> dict:
     dtypes = args.dtypes.split(",")
     gguf = str(find_gguf()) if args.model == "smollm2" else None
     res = precision_bench.compare(
-        model, tok, cfg, dtypes, gguf, args.single_prompt, args.single_tokens, say=_progress
+        model,
+        tok,
+        cfg,
+        dtypes,
+        gguf,
+        args.single_prompt,
+        args.single_tokens,
+        args.single_reps,
+        say=_progress,
     )
     out: dict = {}
     peaks: dict[str, float] = {}

@@ -18,8 +18,13 @@ oneDNN. Results differ from `F.linear` by float rounding (~1e-6 relative).
 
 Under the engine's low-precision dtypes (`dtypes.py`) `pack` lays out bf16 weights for
 oneDNN (its AMX / AVX512-BF16 kernels; `F.linear` on bf16 where oneDNN is missing) and, for
-"int8", also the int8 weight and its per-channel scales, which `torch._weight_int8pack_mm`
-multiplies for batches of at most `INT8_ROWS` rows (measured crossover vs bf16 oneDNN).
+"int8", also the int8 weight and its per-channel scales, multiplied for batches of at most
+`INT8_ROWS` rows by the packed int8 kernel (csrc/packed_gemm.cpp: int8 panels widened to
+fp32 in registers) or, without a C++ compiler, by `torch._weight_int8pack_mm` (at most
+`TORCH_INT8_ROWS`). SmolLM2-135M's matrices, one thread, Xeon with AMX, load 9 from other
+jobs (`python benchmarks/serve_kernels.py --only-dtypes`): int8 kernel 38 ms a step for 1-4 rows,
+59 ms for 8, 100 ms for 16; torch's int8 58 / 78 / 126 (8 rows); bf16 oneDNN 71-76 ms for
+1-16 rows; so int8 up to 8 rows, bf16 above.
 """
 
 from __future__ import annotations
@@ -34,11 +39,21 @@ from torch import Tensor
 from minirepro.papers.serve.dtypes import dequantize_int8, quantize_int8
 from minirepro.papers.serve.kernels import kernel_available, load_kernel
 
-__all__ = ["GEMMS", "INT8_ROWS", "SMALL_ROWS", "Weight", "linear", "pack", "resolve_gemm"]
+__all__ = [
+    "GEMMS",
+    "INT8_ROWS",
+    "SMALL_ROWS",
+    "TORCH_INT8_ROWS",
+    "Weight",
+    "linear",
+    "pack",
+    "resolve_gemm",
+]
 
 GEMMS = ("auto", "packed", "onednn", "torch")
 SMALL_ROWS = 48  # at most this many rows go to the packed kernel (crossover ~64, measured)
-INT8_ROWS = 4  # at most this many rows go to the int8 kernel, more to bf16 oneDNN (measured)
+INT8_ROWS = 8  # at most this many rows go to the int8 kernel, more to bf16 oneDNN (measured)
+TORCH_INT8_ROWS = 4  # the same for torch._weight_int8pack_mm (no C++ compiler)
 
 
 @dataclass
@@ -50,7 +65,8 @@ class Weight:
     onednn: Tensor | None = None  # oneDNN's blocked layout (an opaque mkldnn tensor)
     panels: Tensor | None = None  # (ceil(N / 16), K, 16): the packed kernel
     int8: Tensor | None = None  # (N, K) int8: torch._weight_int8pack_mm, few rows
-    scale: Tensor | None = None  # (N,) per-output-channel scales of int8, in bf16
+    scale: Tensor | None = None  # (N,) per-output-channel scales of int8 (fp32; bf16 for torch)
+    panels8: Tensor | None = None  # (ceil(N / 16), K, 16) int8: the packed int8 kernel
 
 
 @functools.cache
@@ -120,10 +136,16 @@ def pack(w: Tensor, gemm: str, dtype: str = "float32") -> Weight:
     w = w.detach().contiguous()
     out = Weight(n=w.shape[0])
     if dtype == "int8":
-        if not _int8_works():
-            raise ValueError("torch._weight_int8pack_mm does not run here; use dtype='bfloat16'")
         q, scale = quantize_int8(w)
-        out.int8, out.scale = q, scale.to(torch.bfloat16)
+        if w.device.type == "cpu" and kernel_available():
+            out.panels8, out.scale = load_kernel().pack_weight_int8(q), scale
+        elif _int8_works():
+            out.int8, out.scale = q, scale.to(torch.bfloat16)
+        else:
+            raise ValueError(
+                "no int8 matmul runs here (no C++ compiler, and torch's weight-only "
+                "int8 kernel fails); use dtype='bfloat16'"
+            )
         w = dequantize_int8(q, scale)  # many rows: the same quantized weights, in bf16
     if dtype != "float32":
         w = w.to(torch.bfloat16)
@@ -142,7 +164,9 @@ def linear(x: Tensor, w: Weight) -> Tensor:
         return x.new_empty(0, w.n)
     if w.panels is not None and x.shape[0] <= SMALL_ROWS:
         return load_kernel().packed_linear(x, w.panels, w.n)
-    if w.int8 is not None and x.shape[0] <= INT8_ROWS:
+    if w.panels8 is not None and x.shape[0] <= INT8_ROWS:
+        return load_kernel().packed_linear_int8(x.float(), w.panels8, w.scale, w.n).to(x.dtype)
+    if w.int8 is not None and x.shape[0] <= TORCH_INT8_ROWS:
         return torch._weight_int8pack_mm(x, w.int8, w.scale)
     if w.onednn is not None:
         return torch.ops.mkldnn._linear_pointwise(x, w.onednn, None, "none", [], "")

@@ -43,10 +43,11 @@ def compare(
     gguf: str | None,
     single_prompt: int = 400,
     single_tokens: int = 128,
+    single_reps: int = 3,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """Batched and single-stream figures of each dtype and of llama.cpp (if `gguf` and
-    llama-cpp-python are there), alternated over `cfg.rounds` rounds."""
+    """Batched figures of each dtype and of llama.cpp (if `gguf` and llama-cpp-python are
+    there), alternated over `cfg.rounds` rounds, then single-stream ones over `single_reps`."""
     wl = repro.make_workload(
         cfg.num_requests,
         model.cfg.vocab_size,
@@ -69,23 +70,30 @@ def compare(
     batched: dict[str, list[C.Timing]] = {k: [] for k in runners}
     single: dict[str, list[dict]] = {k: [] for k in runners}
     rng = random.Random(cfg.seed + 7)
-    for r in range(cfg.rounds):
+    for r in range(single_reps):
         prompt = [rng.randrange(2, model.cfg.vocab_size) for _ in range(single_prompt)]
         for name, d in runners.items():
             if d is None:
-                t = llama.run(wl.prompts, wl.output_lens)
                 s = C.single_stream(C.llama_single(llama), prompt, single_tokens)
             else:
                 engines[d].blocks.reset_prefix_cache()
-                t = C.run_engine_timed(engines[d], wl.prompts, wl.output_lens)
-                engines[d].blocks.reset_prefix_cache()
                 s = C.single_stream(C.engine_single(engines[d]), prompt, single_tokens)
-            batched[name].append(t)
             single[name].append(s)
             say(
+                f"single stream {r}: {name}: decode {s['decode_tok_s']:.1f} tok/s, TTFT "
+                f"{s['ttft_s'] * 1e3:.0f} ms ({single_prompt}-token prompt)"
+            )
+    for r in range(cfg.rounds):
+        for name, d in runners.items():
+            if d is None:
+                t = llama.run(wl.prompts, wl.output_lens)
+            else:
+                engines[d].blocks.reset_prefix_cache()
+                t = C.run_engine_timed(engines[d], wl.prompts, wl.output_lens)
+            batched[name].append(t)
+            say(
                 f"round {r}: {name}: {t.output_tok_s:.1f} output tok/s, {t.total_tok_s:.1f} "
-                f"total, TTFT median {t.ttft_median_s:.2f} s; single stream decode "
-                f"{s['decode_tok_s']:.1f} tok/s, TTFT {s['ttft_s'] * 1e3:.0f} ms"
+                f"total, TTFT median {t.ttft_median_s:.2f} s"
             )
             gc.collect()
     for e in engines.values():

@@ -266,10 +266,15 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 // packed_gemm.cpp
 torch::Tensor pack_weight(const torch::Tensor& w);
 torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
+torch::Tensor pack_weight_int8(const torch::Tensor& q);
+torch::Tensor packed_linear_int8(const torch::Tensor& x, const torch::Tensor& packed,
+                                 const torch::Tensor& scale, int64_t N);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "Decode attention over a paged KV cache (one query per sequence, GQA-aware)");
   m.def("pack_weight", &pack_weight, "W (N, K) -> column panels for packed_linear");
   m.def("packed_linear", &packed_linear, "x @ W^T with W from pack_weight");
+  m.def("pack_weight_int8", &pack_weight_int8, "int8 q (N, K) -> panels for packed_linear_int8");
+  m.def("packed_linear_int8", &packed_linear_int8, "x @ (scale * q)^T, q from pack_weight_int8");
 }
