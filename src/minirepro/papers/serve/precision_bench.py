@@ -48,14 +48,7 @@ def compare(
 ) -> dict:
     """Batched figures of each dtype and of llama.cpp (if `gguf` and llama-cpp-python are
     there), alternated over `cfg.rounds` rounds, then single-stream ones over `single_reps`."""
-    wl = repro.make_workload(
-        cfg.num_requests,
-        model.cfg.vocab_size,
-        prompt_range=cfg.prompt_range,
-        output_range=cfg.output_range,
-        seed=cfg.seed,
-        low_id=0 if tokenizer is None else 2,
-    )
+    wl = repro.throughput_workload(model, cfg, tokenizer)
     engines = {d: _engine(model, tokenizer, cfg, d) for d in dtypes}
     names = {d: engines[d].dtype for d in dtypes}  # what actually ran (fallback)
     llama = None

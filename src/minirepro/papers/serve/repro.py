@@ -489,6 +489,18 @@ def load_models(cfg: Config):
     raise ValueError(f"Config.model must be 'smollm2' or 'random', got {cfg.model!r}")
 
 
+def throughput_workload(model, cfg: Config, tokenizer=None) -> Workload:
+    """The throughput comparison's requests (special token ids skipped with a tokenizer)."""
+    return make_workload(
+        cfg.num_requests,
+        model.cfg.vocab_size,
+        prompt_range=cfg.prompt_range,
+        output_range=cfg.output_range,
+        seed=cfg.seed,
+        low_id=0 if tokenizer is None else 2,
+    )
+
+
 def throughput(
     model, hf, cfg: Config, out: RunDir | None, tokenizer=None, progress=None
 ) -> dict[str, float]:
@@ -497,14 +509,7 @@ def throughput(
     `progress(text)`, if given, is told each contender's rate as it is measured.
     """
     say = progress or (lambda text: None)
-    wl = make_workload(
-        cfg.num_requests,
-        model.cfg.vocab_size,
-        prompt_range=cfg.prompt_range,
-        output_range=cfg.output_range,
-        seed=cfg.seed,
-        low_id=0 if tokenizer is None else 2,
-    )
+    wl = throughput_workload(model, cfg, tokenizer)
     # Correctness first: greedy tokens of a few requests equal HF's.
     few = wl.subset(range(min(3, len(wl.prompts))))
     few = Workload(few.prompts, [min(n, 12) for n in few.output_lens])
