@@ -149,3 +149,25 @@ def test_score_checks_its_input(tiny_model):
     ref = torch.log_softmax(logits[0, :-1].float(), -1).gather(1, torch.arange(1, 30)[:, None])
     torch.testing.assert_close(lp, ref[:, 0], rtol=1e-4, atol=1e-4)
     assert engine.blocks.num_available() == 16
+
+
+def test_llama_cpp_contender_is_skipped_with_a_reason(monkeypatch):
+    import sys
+
+    from minirepro.papers.serve import contenders
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails
+    assert "llama_cpp not installed" in contenders.llama_cpp_available()
+    assert "make bench" in contenders.llama_cpp_available()
+
+
+def test_timed_engine_run_reports_ttft_and_rates(tiny_model):
+    from minirepro.papers.serve import contenders
+
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32))
+    t = contenders.run_engine_timed(engine, [[1, 2, 3], [4, 5, 6, 7]], [5, 3])
+    assert [len(o) for o in t.outputs] == [5, 3] and t.output_tokens == 8
+    assert t.prompt_tokens == 7 and 0 < min(t.ttft_s) <= max(t.ttft_s) <= t.wall_s
+    assert t.total_tok_s > t.output_tok_s > 0
+    s = contenders.single_stream(contenders.engine_single(engine), [1, 2, 3, 4], 6)
+    assert s["decode_tok_s"] > 0 and s["ttft_s"] > 0
