@@ -171,3 +171,13 @@ def test_timed_engine_run_reports_ttft_and_rates(tiny_model):
     assert t.total_tok_s > t.output_tok_s > 0
     s = contenders.single_stream(contenders.engine_single(engine), [1, 2, 3, 4], 6)
     assert s["decode_tok_s"] > 0 and s["ttft_s"] > 0
+
+
+def test_cli_serve_rejects_an_unknown_dtype():
+    from typer.testing import CliRunner
+
+    from minirepro import cli
+
+    result = CliRunner().invoke(cli.app, ["serve", "--dtype", "fp16", "--port", "0"])
+    assert result.exit_code == 2
+    assert "dtype must be one of" in result.output
