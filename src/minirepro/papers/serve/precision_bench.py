@@ -91,6 +91,8 @@ def compare(
             gc.collect()
     for e in engines.values():
         e.close()
+    if llama is not None:
+        llama.close()
     out: dict = {"contenders": {}, "ran_as": names, "llama_cpp": None, "skipped": why}
     ref = batched[f"engine_{dtypes[0]}"][0].outputs
     for name in runners:
