@@ -9,9 +9,9 @@ package (vendor/llama.cpp/tools/server) but is not built here yet -- see NOTES.m
 request must produce exactly its number of tokens, so llama.cpp's generator is read past
 end-of-sequence, as our engine runs with ignore_eos.
 
-llama.cpp runs in a process of its own (`LlamaCpp` talks to it over a pipe): in the same
-process as torch, two OpenMP runtimes share the two cores, and every contender ran 5-10x
-slower (measured: the fp32 engine decoded 4 tok/s instead of ~30).
+llama.cpp runs in a process of its own (`LlamaCpp` talks to it over a pipe), so that its
+OpenMP runtime and threads never share a process with torch's; contenders still run one
+after another, never at the same time.
 
 All times are wall-clock; TTFT is measured from the moment the workload arrives (every
 request at t = 0), so for a one-at-a-time server it includes the wait for the requests
