@@ -112,6 +112,9 @@ class LlamaCpp:
 
     def _call(self, method: str, *args):
         self._conn.send((method, args))
+        while not self._conn.poll(1.0):  # a worker that died never answers
+            if not self._proc.is_alive():
+                raise RuntimeError(f"the llama.cpp worker exited ({self._proc.exitcode})")
         status, value = self._conn.recv()
         if status != "ok":
             raise RuntimeError(f"llama.cpp worker: {value}")
