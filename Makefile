@@ -29,7 +29,19 @@ test: $(VENV)/.installed
 	# pytest exits 5 when it collects no test; that is not a failure of the suite.
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
-bench: $(VENV)/.installed
+# llama.cpp for benchmarks/serve.py: llama-cpp-python built from its PyPI source package with
+# AVX-512 and AMX off (the native AMX build segfaulted on prompts of more than a few tokens
+# here), niced (~30 min on 2 busy cores; pip keeps the wheel in its cache); the version is
+# pyproject's `bench` extra. If it does not
+# build, benchmarks/serve.py skips llama.cpp and says so.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+	-DGGML_AMX_BF16=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+$(VENV)/.llama_cpp: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" nice $(PIP) install -q --no-binary llama-cpp-python \
+		llama-cpp-python==0.3.36 || echo "llama-cpp-python did not build: benchmarks/serve.py skips llama.cpp"
+	touch $@
+
+bench: $(VENV)/.installed $(VENV)/.llama_cpp
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: $(VENV)/.installed

@@ -7,9 +7,12 @@
 2. Decode attention of 30 layers over a paged cache (random block tables, lengths between
    T/2 and T): gather + masked SDPA vs the C++ paged kernel.
 
+3. (`--dtypes`) The same projections in each engine dtype: fp32 packed kernel, bf16 oneDNN,
+   the packed int8 kernel and torch's weight-only int8 (`torch._weight_int8pack_mm`), at
+   1-64 rows; this is where gemm.INT8_ROWS comes from.
 Outputs are compared before timing; contenders alternate, medians of rounds.
 
-    python benchmarks/serve_kernels.py [--threads 1] [--repeats 5]
+    python benchmarks/serve_kernels.py [--threads 1] [--repeats 5] [--dtypes] [--only-dtypes]
 
 Summary keys: packed_vs_linear_rows{M} and onednn_vs_linear_rows{M} (speed-ups of a step's
 projections), attention_kernel_vs_torch_b{B} (speed-up of a step's decode attention), and
@@ -93,6 +96,45 @@ def gemm_cases(rows: list[int], repeats: int, report: BenchReport, summary: dict
         summary[f"onednn_vs_linear_rows{M}"] = ratio(t["F.linear"], t["onednn"])
 
 
+def dtype_cases(rows: list[int], repeats: int, report: BenchReport, summary: dict):
+    """Projections of a decode step in fp32 / bf16 / int8 (engine weight layouts)."""
+    from minirepro.papers.serve import dtypes
+
+    g = torch.Generator().manual_seed(2)
+    dense = [torch.randn(n, k, generator=g) / 30 for _ in range(LAYERS) for n, k in SHAPES]
+    dense.append(torch.randn(*LM_HEAD, generator=g) / 30)
+    packs = {
+        "fp32 packed": [gemm.pack(w, "packed") for w in dense],
+        "bf16 onednn": [gemm.pack(w, "onednn", "bfloat16") for w in dense],
+        "int8 kernel": [gemm.pack(w, "onednn", "int8") for w in dense],
+    }
+    qs = [dtypes.quantize_int8(w) for w in dense]
+    torch_int8 = [(q, s.bfloat16()) for q, s in qs]
+    for M in rows:
+        xs = {k: torch.randn(M, k, generator=g) for k in (576, 1536)}
+        xb = {k: x.bfloat16() for k, x in xs.items()}
+        y = gemm.linear(xb[576], packs["int8 kernel"][2]).float()  # correctness first
+        ref = F.linear(xb[576].float(), dtypes.dequantize_int8(*qs[2]))
+        torch.testing.assert_close(y, ref, atol=2e-2, rtol=2e-2)
+
+        def runner(name, xs=xs, xb=xb):
+            x = xs if name == "fp32 packed" else xb
+            ps = packs[name]
+            return lambda: [gemm.linear(x[w.shape[1]], p) for p, w in zip(ps, dense)]
+
+        contenders = {name: runner(name) for name in packs}
+        if M <= 16:  # dequantises all weights per call: far slower from a few rows on
+            contenders["torch int8"] = lambda xb=xb: [
+                torch._weight_int8pack_mm(xb[w.shape[1]], q, s)
+                for (q, s), w in zip(torch_int8, dense)
+            ]
+        t = time_contenders(contenders, warmup=1, repeats=repeats)
+        for name, timing in t.items():
+            report.add_case(part="projections by dtype", impl=name, rows=M, ms=timing.median * 1e3)
+        summary[f"int8_vs_bf16_rows{M}"] = ratio(t["bf16 onednn"], t["int8 kernel"])
+        summary[f"bf16_vs_fp32_rows{M}"] = ratio(t["fp32 packed"], t["bf16 onednn"])
+
+
 def attention_cases(batches: list[int], T: int, repeats: int, report, summary, bw: float):
     Hkv, G, D, bs = 3, 3, 64, 16
     nb = -(-T // bs)
@@ -133,6 +175,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--context", type=int, default=400)
     p.add_argument("--out", default="runs/bench/serve_kernels.json")
+    p.add_argument("--dtypes", action="store_true", help="also the projections by dtype")
+    p.add_argument("--only-dtypes", action="store_true", help="only the projections by dtype")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,8 +185,11 @@ def main() -> None:
     report = BenchReport("serve_kernels")
     bw = read_bandwidth()
     summary: dict = {}
-    gemm_cases([1, 4, 16, 32, 64, 256], args.repeats, report, summary, bw)
-    attention_cases([8, 32, 64], args.context, args.repeats, report, summary, bw)
+    if not args.only_dtypes:
+        gemm_cases([1, 4, 16, 32, 64, 256], args.repeats, report, summary, bw)
+        attention_cases([8, 32, 64], args.context, args.repeats, report, summary, bw)
+    if args.dtypes or args.only_dtypes:
+        dtype_cases([1, 2, 4, 8, 16, 32, 64], args.repeats, report, summary)
     report.set_summary(**summary, read_gb_s=bw / 1e9, threads=torch.get_num_threads())
     report.emit(args.out)
 

@@ -252,6 +252,13 @@ def serve(
     offload_max_mib: Annotated[
         int | None, typer.Option(help="Disk budget of the KV offload (MiB).")
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Number format: float32, bfloat16 (weights + KV cache) or int8 (weight-only "
+            "int8 decode GEMMs, bf16 KV cache); falls back to float32 without native bf16."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, /metrics)."""
@@ -277,6 +284,7 @@ def serve(
         "async_scheduling": async_scheduling,
         "offload_dir": str(offload_dir) if offload_dir is not None else None,
         "offload_max_bytes": offload_max_mib << 20 if offload_max_mib is not None else None,
+        "dtype": dtype,
         "nano_batches": (
             int(nano_batches)
             if nano_batches is not None and nano_batches.isdigit()
@@ -299,7 +307,15 @@ def serve(
     except (FileNotFoundError, ValueError, ImportError) as exc:
         sock.close()
         raise _fail(str(exc)) from None
-    engine = LLMEngine(served.model, served.tokenizer, config, eos_token_ids=served.eos_token_ids)
+    try:
+        engine = LLMEngine(
+            served.model, served.tokenizer, config, eos_token_ids=served.eos_token_ids
+        )
+    except ValueError as exc:
+        sock.close()
+        raise _fail(str(exc)) from None
+    if engine.dtype != config.dtype:
+        err_console.print(Text(f"warning: running {engine.dtype}, not {config.dtype}", "yellow"))
     async_engine = AsyncEngine(engine)
     name = served_model_name or served.name
     api = create_app(

@@ -2,8 +2,9 @@
 
 A paper whose hot loop has no good torch formulation on the CPU ships a C++ source under its
 `csrc/` folder and loads it with `load_cpp_extension`. The build (~30-60 s) happens once per
-machine into `$MINIREPRO_CACHE` or `~/.cache/minirepro/torch_extensions/<name>_<machine tag>`;
-the tag covers the instruction set (the build uses -march=native) and the torch version.
+machine into `$MINIREPRO_CACHE` or `~/.cache/minirepro/torch_extensions/<name>_<machine tag>/
+<source hash>`; the tag covers the instruction set (the build uses -march=native) and the torch
+version, the hash the sources and flags (so two checkouts never build into one folder).
 Without a C++ compiler, or when the build fails, `KernelUnavailable` says why, and callers
 fall back to their torch path.
 """
@@ -80,12 +81,18 @@ def load_cpp_extension(
         )
     from torch.utils.cpp_extension import load
 
-    build_dir = extension_dir(name)
+    # one folder per content of the sources and flags: checkouts with different sources
+    # (git worktrees, branches) never rebuild over each other's library while it is loaded
+    files = source if isinstance(source, list) else [source]
+    digest = hashlib.sha1(repr((openmp, extra_cflags)).encode())
+    for f in files:
+        digest.update(Path(f).read_bytes())
+    build_dir = extension_dir(name) / digest.hexdigest()[:10]
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         return load(
             name=f"minirepro_{name}",
-            sources=[str(p) for p in (source if isinstance(source, list) else [source])],
+            sources=[str(p) for p in files],
             extra_cflags=FLAGS + (["-fopenmp"] if openmp else []) + list(extra_cflags or []),
             extra_ldflags=["-fopenmp"] if openmp else [],
             build_directory=str(build_dir),

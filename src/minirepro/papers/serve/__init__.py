@@ -19,6 +19,9 @@ Implemented here, with vLLM's names where vLLM has the concept (`LLMEngine`, `Sa
   (kernels.py, csrc/): decode attention straight from the paged cache, one pass over the KV
   bytes (paged_attention.py), and a packed GEMM for the few rows of a decode step, oneDNN
   on pre-packed weights above that (gemm.py); torch formulations where they cannot build;
+- number formats (dtypes.py, `EngineConfig.dtype`): fp32; bf16 weights and KV cache (oneDNN's
+  AMX / AVX512-BF16 matmuls); weight-only int8 decode GEMMs with per-channel scales;
+  float32 with a warning where the CPU has no native bf16;
 - continuous batching with chunked prefill under a token budget and preemption by
   recompute (scheduler.py), which alone admits, preempts and finishes a sequence; a
   failed model step fails only its requests, in every mode; sampling with per-request

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from minirepro.core.model import Transformer
+from minirepro.papers.serve.dtypes import DTYPES, activation_dtype, resolve_dtype
 from minirepro.papers.serve.gemm import GEMMS
 from minirepro.papers.serve.kv_cache import BlockManager, PagedKVCache
 from minirepro.papers.serve.offload import OffloadStore
@@ -73,6 +74,9 @@ class EngineConfig:
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
     gemm: str = "auto"  # projections: "packed" (C++, decode) + oneDNN, "onednn", "torch", "auto"
+    # number format (dtypes.py): "float32"; "bfloat16" weights and KV cache; "int8" weight-only
+    # int8 decode GEMMs (bf16 KV cache). Without native bf16 it warns and runs float32.
+    dtype: str = "float32"
     # mixed into what the KV is said to belong to (prefix-cache root, offload files): an
     # adapter's name or a tenant, so their cached blocks are never shared
     cache_salt: str = ""
@@ -91,6 +95,8 @@ class EngineConfig:
             raise ValueError(f"attention must be one of {BACKENDS}, got {self.attention!r}")
         if self.gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {self.gemm!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
 @dataclass
@@ -169,25 +175,35 @@ class LLMEngine:
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         cfg = model.cfg
         w = model.embed.weight
+        # what runs here: config.dtype, or float32 where the CPU lacks native bf16 (warns)
+        if w.dtype != torch.float32 and config.dtype != "float32":
+            raise ValueError(f"dtype={config.dtype!r} converts a float32 model, got {w.dtype}")
+        self.dtype = resolve_dtype(config.dtype, w.device)
         self.cache = PagedKVCache(
             cfg.n_layer,
             config.num_blocks,
             config.block_size,
             cfg.n_kv_head,
             cfg.head_dim,
-            w.dtype,
+            activation_dtype(self.dtype) if w.dtype == torch.float32 else w.dtype,
             w.device,
         )
         # what the KV belongs to: the root of the prefix cache's hash chain, the offload's key
         self.identity = hashlib.sha256(
             repr(
-                (cfg.to_dict(), str(w.dtype), float(w.detach().float().sum()), config.cache_salt)
+                (
+                    cfg.to_dict(),
+                    str(w.dtype),
+                    self.dtype,
+                    float(w.detach().float().sum()),
+                    config.cache_salt,
+                )
             ).encode()
         ).hexdigest()[:16]
         self.blocks = BlockManager(
             config.num_blocks, config.block_size, config.enable_prefix_caching, self.identity
         )
-        self.runner = ModelRunner(model, self.cache, config.attention, config.gemm)
+        self.runner = ModelRunner(model, self.cache, config.attention, config.gemm, self.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill
@@ -548,6 +564,42 @@ class LLMEngine:
         if errors:
             raise RuntimeError(f"{len(errors)} of {len(ids)} requests failed; {errors[0]}")
         return [out[rid] for rid in ids]
+
+    @torch.inference_mode()
+    def score(self, token_ids: Seq[int]) -> Tensor:
+        """Log-probability of each token given the ones before it, computed by the engine's
+        own forward (its dtype, GEMMs and KV cache): (len(token_ids) - 1,) fp32.
+
+        The text goes through in chunks of `max_num_batched_tokens`, as a chunked prefill
+        would; its blocks are taken from the pool and given back. Call it on an idle engine
+        (no unfinished requests), from the thread that calls `step()`.
+        """
+        ids = [int(t) for t in token_ids]
+        V, T = self.model.cfg.vocab_size, len(ids)
+        if T < 2 or T > self.model.cfg.max_seq_len or min(ids) < 0 or max(ids) >= V:
+            raise ValueError(
+                f"score needs 2 to {self.model.cfg.max_seq_len} token ids in [0, {V}), got {T} ids"
+            )
+        if self.has_unfinished_requests() or self._inflight is not None:
+            raise RuntimeError("score() runs on an idle engine (requests are unfinished)")
+        n_blocks = -(-T // self.config.block_size)
+        if n_blocks > self.blocks.num_available():
+            raise ValueError(f"{T} tokens need {n_blocks} free KV blocks")
+        table = self.blocks.allocate(n_blocks)
+        out = []
+        try:
+            step = self.config.max_num_batched_tokens
+            for start in range(0, T - 1, step):
+                m = min(step, T - 1 - start)
+                batch = self.runner.prepare([SeqWork(start, m, table, True)])
+                batch.logits_rows = torch.arange(m)
+                self.runner.set_input_ids(batch, ids[start : start + m])
+                logp = torch.log_softmax(self.runner.forward(batch).float(), dim=-1)
+                nxt = torch.tensor(ids[start + 1 : start + m + 1])
+                out.append(logp.gather(1, nxt[:, None])[:, 0])
+        finally:
+            self.blocks.release(table)
+        return torch.cat(out)
 
     def close(self) -> None:
         """Finish offload writes and stop the worker threads."""

@@ -37,9 +37,10 @@ BACKENDS = ("auto", "kernel", "torch")
 
 
 def kernel_fits(cache: Tensor, head_dim: int) -> bool:
-    """Whether the kernel can read a KV cache like `cache` (float32, CPU, contiguous, D % 8)."""
+    """Whether the kernel can read a KV cache like `cache` (float32 or bfloat16, CPU,
+    contiguous, D % 8)."""
     return (
-        cache.dtype == torch.float32
+        cache.dtype in (torch.float32, torch.bfloat16)
         and cache.device.type == "cpu"
         and cache.is_contiguous()
         and head_dim % 8 == 0
@@ -147,7 +148,8 @@ def paged_decode_attention(
 
     Args:
         backend: "kernel" (the C++ kernel; raises if it cannot be built), "torch" (gather +
-            SDPA), or "auto" (the kernel for float32 CPU tensors when it builds, else torch).
+            SDPA), or "auto" (the kernel for a float32 q and a float32 or bfloat16
+            CPU cache when it builds, else torch).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -155,10 +157,12 @@ def paged_decode_attention(
     _check(q, k_cache, v_cache, block_tables, context_lens)
     fits = q.dtype == torch.float32 and q.device.type == "cpu"
     fits = fits and kernel_fits(k_cache, q.shape[-1]) and kernel_fits(v_cache, q.shape[-1])
+    fits = fits and k_cache.dtype == v_cache.dtype
     if backend == "kernel" and not fits:
         raise ValueError(
-            "the paged attention kernel needs float32, contiguous CPU tensors and a head_dim "
-            f"that is a multiple of 8 (got {q.dtype}, {q.device}, head_dim {q.shape[-1]})"
+            "the paged attention kernel needs a float32 q, a float32 or bfloat16 cache "
+            "(contiguous, CPU) and a head_dim that is a multiple of 8 (got q "
+            f"{q.dtype}, cache {k_cache.dtype}, {q.device}, head_dim {q.shape[-1]})"
         )
     use_kernel = backend == "kernel" or (backend == "auto" and fits and kernel_available())
     return attend_paged(q, k_cache, v_cache, block_tables, context_lens, use_kernel, scale)

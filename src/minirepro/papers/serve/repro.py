@@ -261,12 +261,18 @@ def run_hf_static(hf, wl: Workload, batch_size: int) -> tuple[float, float, list
     return time.perf_counter() - t0, time.process_time() - c0, outs
 
 
-def optimal_tok_s(model, sizes: tuple[int, ...] = (512, 1024, 2048)) -> tuple[float, float]:
+def optimal_tok_s(
+    model, sizes: tuple[int, ...] = (512, 1024, 2048), dtype: str = "float32"
+) -> tuple[float, float]:
     """(optimal tokens/s, peak FLOP/s): measured peak matmul FLOP/s / (2 x parameters).
 
-    The peak is measured afresh (not the per-process cache) at the current thread count.
+    The peak is measured afresh (not the per-process cache) at the current thread count, in
+    the arithmetic the engine's `dtype` multiplies in: fp32 for "float32", bf16 for
+    "bfloat16" and for "int8" (weight-only int8 is widened to bf16 before the multiply-adds).
     """
-    peak = peak_matmul_flops.__wrapped__(tuple(sizes))
+    from minirepro.papers.serve.dtypes import activation_dtype
+
+    peak = peak_matmul_flops.__wrapped__(tuple(sizes), dtype=activation_dtype(dtype))
     return peak / (2 * model.num_params()), peak
 
 
@@ -484,6 +490,18 @@ def load_models(cfg: Config):
     raise ValueError(f"Config.model must be 'smollm2' or 'random', got {cfg.model!r}")
 
 
+def throughput_workload(model, cfg: Config, tokenizer=None) -> Workload:
+    """The throughput comparison's requests (special token ids skipped with a tokenizer)."""
+    return make_workload(
+        cfg.num_requests,
+        model.cfg.vocab_size,
+        prompt_range=cfg.prompt_range,
+        output_range=cfg.output_range,
+        seed=cfg.seed,
+        low_id=0 if tokenizer is None else 2,
+    )
+
+
 def throughput(
     model, hf, cfg: Config, out: RunDir | None, tokenizer=None, progress=None
 ) -> dict[str, float]:
@@ -492,14 +510,7 @@ def throughput(
     `progress(text)`, if given, is told each contender's rate as it is measured.
     """
     say = progress or (lambda text: None)
-    wl = make_workload(
-        cfg.num_requests,
-        model.cfg.vocab_size,
-        prompt_range=cfg.prompt_range,
-        output_range=cfg.output_range,
-        seed=cfg.seed,
-        low_id=0 if tokenizer is None else 2,
-    )
+    wl = throughput_workload(model, cfg, tokenizer)
     # Correctness first: greedy tokens of a few requests equal HF's.
     few = wl.subset(range(min(3, len(wl.prompts))))
     few = Workload(few.prompts, [min(n, 12) for n in few.output_lens])

@@ -13,6 +13,10 @@ projections and the MLP as one (N, d_model) matrix; only attention is per sequen
 
 New keys and values are written into their slots before attention reads them. Logits are
 computed only for the rows that need a next token.
+
+Under a low-precision engine dtype (`dtypes.py`: "bfloat16", "int8") the residual stream,
+the norms and the rotary tables stay fp32; each GEMM's input is rounded to bf16, q/k/v and
+the KV cache are bf16, and the logits come back in fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor
 
 from minirepro.core.model import Transformer, causal_mask, rope_cos_sin
 from minirepro.papers.serve import gemm
+from minirepro.papers.serve.dtypes import activation_dtype, check_dtype
 from minirepro.papers.serve.kernels import kernel_available
 from minirepro.papers.serve.kv_cache import PagedKVCache
 from minirepro.papers.serve.paged_attention import BACKENDS, attend_paged, kernel_fits
@@ -125,6 +130,8 @@ class ModelRunner:
         gemm: Projection GEMMs (`gemm.GEMMS`): "packed" (the C++ packed kernel for decode
             rows, oneDNN for prefill), "onednn", "torch" (`F.linear`), or "auto" (the best of
             those that run here). Weights are re-laid out once, here.
+        dtype: The engine's resolved number format (`dtypes.DTYPES`); the cache must hold
+            `dtypes.activation_dtype(dtype)`.
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class ModelRunner:
         cache: PagedKVCache,
         attention: str = "auto",
         gemm_kind: str = "auto",
+        dtype: str = "float32",
     ) -> None:
         cfg = model.cfg
         for i in range(cfg.n_layer):
@@ -147,12 +155,17 @@ class ModelRunner:
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         w = model.embed.weight
         self.dtype, self.device = w.dtype, w.device
+        # GEMM inputs, q/k/v and KV cache: the model's own dtype under "float32"
+        self.act = w.dtype if check_dtype(dtype) == "float32" else activation_dtype(dtype)
+        if cache.k[0].dtype != self.act:
+            raise ValueError(f"dtype {dtype!r} needs a {self.act} KV cache, got {cache.k[0].dtype}")
         if attention not in BACKENDS:
             raise ValueError(f"attention must be one of {BACKENDS}, got {attention!r}")
         fits = kernel_fits(cache.k[0], cfg.head_dim)
         if attention == "kernel" and not fits:
             raise ValueError(
-                "the paged attention kernel needs a float32 CPU cache and head_dim % 8 == 0, "
+                "the paged attention kernel needs a float32 or bfloat16 CPU cache and "
+                "head_dim % 8 == 0, "
                 f"got {cache.k[0].dtype} on {cache.k[0].device}, head_dim {cfg.head_dim}"
             )
         self.use_kernel = attention == "kernel" or (
@@ -162,8 +175,8 @@ class ModelRunner:
         # many padded groups; one more group must save this many padded key positions
         self.max_decode_groups = 1 if self.use_kernel else 4
         self.decode_group_overhead = 1024
-        self.gemm = gemm.resolve_gemm(gemm_kind, w)
-        pack = lambda t: gemm.pack(t, self.gemm)  # noqa: E731
+        self.gemm = gemm.resolve_gemm(gemm_kind, w, dtype)
+        pack = lambda t: gemm.pack(t, self.gemm, dtype)  # noqa: E731
         with torch.no_grad():
             self.w_qkv = [
                 pack(torch.cat([b.mixer.wq.weight, b.mixer.wk.weight, b.mixer.wv.weight]))
@@ -252,9 +265,12 @@ class ModelRunner:
     # ------------------------------------------------------------------ forward
     def _decode_attention(self, layer: int, group: DecodeGroup, q: Tensor) -> Tensor:
         """q (Bd, H, D) of one decode group -> (Bd, H, D)."""
-        return attend_paged(
+        if self.use_kernel:
+            q = q.float()  # the kernel reads fp32 queries, fp32 or bf16 keys and values
+        y = attend_paged(
             q, self.cache.k[layer], self.cache.v[layer], group.tables, group.lens, self.use_kernel
         )
+        return y.to(self.act)
 
     def _attention(self, layer: int, batch: BatchInput, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (N, H, D), k/v (N, H_kv, D) of the new tokens (already in the cache) -> (N, H, D)."""
@@ -294,20 +310,22 @@ class ModelRunner:
         cos = self.cos[batch.positions][:, None]  # (N, 1, D)
         sin = self.sin[batch.positions][:, None]
         half = D // 2
+        act = self.act
         for i, block in enumerate(m.layers):
-            h = block.norm1(x)
+            h = block.norm1(x).to(act)
             qkv = gemm.linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
             q = qkv[:, : H * D].view(N, H, D)
             k = qkv[:, H * D : (H + Hkv) * D].view(N, Hkv, D)
             v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
             q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
             k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
+            q, k = q.to(act), k.to(act)
             self.cache.k_flat[i].index_copy_(0, batch.slots, k)
             self.cache.v_flat[i].index_copy_(0, batch.slots, v)
             y = self._attention(i, batch, q, k, v)  # (N, H, D)
             x = x + gemm.linear(y.reshape(N, H * D), self.w_o[i])
-            gu = gemm.linear(block.norm2(x), self.w_gate_up[i])  # (N, 2 d_ff)
+            gu = gemm.linear(block.norm2(x).to(act), self.w_gate_up[i])  # (N, 2 d_ff)
             gate, up = gu.chunk(2, dim=-1)
             x = x + gemm.linear(F.silu(gate) * up, self.w_down[i])
         x = x.index_select(0, batch.logits_rows)  # (n_sample, d_model)
-        return gemm.linear(m.norm(x), self.w_lm_head)
+        return gemm.linear(m.norm(x).to(act), self.w_lm_head).float()

@@ -11,6 +11,10 @@
 // Layouts: q (B, H, D); k_cache, v_cache (num_blocks, block_size, H_kv, D); block_tables
 // (B, max_blocks) int32 or int64; context_lens (B,) int64 (keys 0 .. len-1 are attended).
 // Work items are sequences, spread over torch's intra-op threads.
+//
+// The cache may be float32 or bfloat16 (q and the output are float32 either way): a bf16
+// key or value row is widened to float32 in registers (a bf16 is the top half of a float),
+// so a bf16 cache reads half the bytes and computes the same float32 dot products.
 
 #include <torch/extension.h>
 
@@ -32,6 +36,17 @@ inline v8f load8(const float* p) {
 }
 
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+
+// Eight bf16 (their raw bits) widened to floats: shift each into the top half of 32 bits.
+inline v8f load8(const at::BFloat16* p) {
+  v8u16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const v8i w = __builtin_convertvector(h, v8i) << 16;
+  v8f x;
+  std::memcpy(&x, &w, sizeof(x));
+  return x;
+}
 
 // e^x of eight floats at once for x <= 0 (a softmax's shifted scores): x = n ln2 + r with
 // |r| <= ln2 / 2, e^r by a degree-6 polynomial (relative error ~2e-7), 2^n through the
@@ -61,12 +76,14 @@ inline float hsum(v8f x) {
 
 // Asks for a block's bytes before they are needed: the hardware prefetcher follows a
 // stream inside a block but cannot guess the next block of the table.
-inline void prefetch(const float* p, int64_t floats) {
-  for (int64_t i = 0; i < floats; i += 16) __builtin_prefetch(p + i);  // one 64-byte line
+template <typename kv_t>
+inline void prefetch(const kv_t* p, int64_t elems) {
+  constexpr int64_t line = 64 / sizeof(kv_t);  // elements of one 64-byte line
+  for (int64_t i = 0; i < elems; i += line) __builtin_prefetch(p + i);
 }
 
-template <typename index_t>
-void decode_kernel(const float* q, const float* k, const float* v, const index_t* tables,
+template <typename index_t, typename kv_t>
+void decode_kernel(const float* q, const kv_t* k, const kv_t* v, const index_t* tables,
                    const int64_t* lens, float* out, int64_t B, int64_t H, int64_t Hkv,
                    int64_t D, int64_t bs, int64_t max_blocks, float scale) {
   const int64_t G = H / Hkv, DV = D / 8;  // D is a multiple of 8 (checked by the caller)
@@ -88,8 +105,8 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
       const index_t* table = tables + b * max_blocks;
       for (int64_t j = 0; j < nblocks; ++j) {
         const int64_t n = std::min(bs, len - j * bs);
-        const float* kb = k + static_cast<int64_t>(table[j]) * bs * row;
-        const float* vb = v + static_cast<int64_t>(table[j]) * bs * row;
+        const kv_t* kb = k + static_cast<int64_t>(table[j]) * bs * row;
+        const kv_t* vb = v + static_cast<int64_t>(table[j]) * bs * row;
         if (j + 1 < nblocks) {
           const int64_t next = static_cast<int64_t>(table[j + 1]) * bs * row;
           const int64_t n1 = std::min(bs, len - (j + 1) * bs) * row;
@@ -97,12 +114,12 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
           prefetch(v + next, n1);
         }
         for (int64_t g = 0; g < H; ++g) {  // query head g reads KV head g / G
-          const float* kh = kb + (g / G) * D;
+          const kv_t* kh = kb + (g / G) * D;
           const v8f* qg = qv.data() + g * DV;
           float* sg = scores.data() + g * bs;
           int64_t t = 0;
           for (; t + 4 <= n; t += 4) {  // four keys at once: four independent FMA chains
-            const float* k0 = kh + t * row;
+            const kv_t* k0 = kh + t * row;
             v8f s0{}, s1{}, s2{}, s3{};
             for (int64_t c = 0; c < DV; ++c) {
               const v8f qc = qg[c];
@@ -117,7 +134,7 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
             sg[t + 3] = hsum(s3);
           }
           for (; t < n; ++t) {
-            const float* kt = kh + t * row;
+            const kv_t* kt = kh + t * row;
             v8f s0{};
             for (int64_t c = 0; c < DV; ++c) s0 += qg[c] * load8(kt + 8 * c);
             sg[t] = hsum(s0);
@@ -147,7 +164,7 @@ void decode_kernel(const float* q, const float* k, const float* v, const index_t
         }
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t h = 0; h < Hkv; ++h) {
-            const float* vt = vb + t * row + h * D;
+            const kv_t* vt = vb + t * row + h * D;
             for (int64_t g = h * G; g < (h + 1) * G; ++g) {
               const float p = scores[g * bs + t];
               v8f* a = acc.data() + g * DV;
@@ -190,9 +207,10 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
               "k_cache and v_cache must both be (num_blocks, block_size, H_kv, D), got ",
               k_cache.sizes(), " and ", v_cache.sizes());
-  TORCH_CHECK(q.scalar_type() == torch::kFloat && k_cache.scalar_type() == torch::kFloat &&
-                  v_cache.scalar_type() == torch::kFloat,
-              "the paged attention kernel runs float32 only");
+  const auto kv_type = k_cache.scalar_type();
+  TORCH_CHECK(q.scalar_type() == torch::kFloat && v_cache.scalar_type() == kv_type &&
+                  (kv_type == torch::kFloat || kv_type == torch::kBFloat16),
+              "the paged attention kernel takes a float32 q and a float32 or bfloat16 cache");
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(),
               "the paged attention kernel runs on the CPU");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the KV cache must be contiguous");
@@ -226,16 +244,21 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   }
   auto qc = q.contiguous();
   auto out = torch::empty_like(qc);
-  if (tables.scalar_type() == torch::kLong) {
-    decode_kernel<int64_t>(qc.data_ptr<float>(), k_cache.data_ptr<float>(),
-                           v_cache.data_ptr<float>(), tables.data_ptr<int64_t>(), lp,
-                           out.data_ptr<float>(), B, H, Hkv, D, bs, max_blocks,
-                           static_cast<float>(scale));
+  auto run = [&](auto* kp, auto* vp) {
+    if (tables.scalar_type() == torch::kLong) {
+      decode_kernel(qc.data_ptr<float>(), kp, vp, tables.data_ptr<int64_t>(), lp,
+                    out.data_ptr<float>(), B, H, Hkv, D, bs, max_blocks,
+                    static_cast<float>(scale));
+    } else {
+      decode_kernel(qc.data_ptr<float>(), kp, vp, tables.data_ptr<int32_t>(), lp,
+                    out.data_ptr<float>(), B, H, Hkv, D, bs, max_blocks,
+                    static_cast<float>(scale));
+    }
+  };
+  if (kv_type == torch::kFloat) {
+    run(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
   } else {
-    decode_kernel<int32_t>(qc.data_ptr<float>(), k_cache.data_ptr<float>(),
-                           v_cache.data_ptr<float>(), tables.data_ptr<int32_t>(), lp,
-                           out.data_ptr<float>(), B, H, Hkv, D, bs, max_blocks,
-                           static_cast<float>(scale));
+    run(k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>());
   }
   return out;
 }
@@ -243,10 +266,15 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 // packed_gemm.cpp
 torch::Tensor pack_weight(const torch::Tensor& w);
 torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
+torch::Tensor pack_weight_int8(const torch::Tensor& q);
+torch::Tensor packed_linear_int8(const torch::Tensor& x, const torch::Tensor& packed,
+                                 const torch::Tensor& scale, int64_t N);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "Decode attention over a paged KV cache (one query per sequence, GQA-aware)");
   m.def("pack_weight", &pack_weight, "W (N, K) -> column panels for packed_linear");
   m.def("packed_linear", &packed_linear, "x @ W^T with W from pack_weight");
+  m.def("pack_weight_int8", &pack_weight_int8, "int8 q (N, K) -> panels for packed_linear_int8");
+  m.def("packed_linear_int8", &packed_linear_int8, "x @ (scale * q)^T, q from pack_weight_int8");
 }
