@@ -43,6 +43,7 @@ from minirepro.tasks.igsm.checker import (
     StepCheck,
     check_solution,
     split_steps,
+    step_texts,
 )
 from minirepro.tasks.igsm.corrupt import CORRUPTIONS, corrupt_solution
 from minirepro.tasks.igsm.expr import Node, ParseError
@@ -94,5 +95,6 @@ __all__ = [
     "retry_solution",
     "solution_order",
     "split_steps",
+    "step_texts",
     "wrong_candidates",
 ]
