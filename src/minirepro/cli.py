@@ -1,4 +1,4 @@
-"""The `minirepro` command line: list, run, bench, report, serve.
+"""The `minirepro` command line: list, run, bench, report, serve, processbench eval.
 
     minirepro list
     minirepro run flow --preset smoke -o n_steps=200
@@ -6,6 +6,7 @@
     minirepro bench flexattn
     minirepro report runs/
     minirepro serve --model smollm2 --port 8000
+    minirepro processbench eval data.jsonl --evaluator critic -o predictions.jsonl
 
 Heavy libraries (torch, matplotlib) are imported by the papers when they run, not here,
 so `minirepro --help` and `minirepro list` stay fast.
