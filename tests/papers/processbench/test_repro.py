@@ -24,10 +24,15 @@ from minirepro.papers.processbench.evaluate import evaluate_records
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
-def test_smoke_preset_runs_and_writes_the_benchmark(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
     cfg = replace(PRESETS["smoke"], save_verifiers=True)
-    out = RunDir("processbench", cfg, root=tmp_path)
-    results = PAPER.run(cfg, out)
+    out = RunDir("processbench", cfg, root=tmp_path_factory.mktemp("runs"))
+    return cfg, out, PAPER.run(cfg, out)
+
+
+def test_smoke_preset_runs_and_writes_the_benchmark(smoke_run):
+    cfg, out, results = smoke_run
     assert len(results) == 2  # no critic at smoke size
     assert all(r.verdict in ("pass", "fail") and r.values for r in results)
     lines = (out.path / "benchmark.jsonl").read_text().splitlines()
@@ -37,10 +42,8 @@ def test_smoke_preset_runs_and_writes_the_benchmark(tmp_path):
     assert Verifier.load(out.path / "verifiers" / "prm-seed0").supervision == "process"
 
 
-def test_eval_command_with_a_saved_verifier(tmp_path):
-    cfg = replace(PRESETS["smoke"], save_verifiers=True)
-    out = RunDir("processbench", cfg, root=tmp_path)
-    PAPER.run(cfg, out)
+def test_eval_command_with_a_saved_verifier(smoke_run, tmp_path):
+    _, out, _ = smoke_run
     recs = synthetic_records(SynthConfig(n=12), 9, "gsm8k") + synthetic_records(
         SynthConfig(n=12), 9, "math"
     )
@@ -72,16 +75,16 @@ def test_critic_decodes_like_core_generate(smollm2):
     rec = synthetic_records(SynthConfig(n=2, min_op=1, max_op=2, max_edge=3), 0, "t")
     critic = Critic(smollm2)
     try:
-        outs = critic.predict(rec, max_tokens=12)
+        outs = critic.predict(rec, max_tokens=8)
         ids = critic.prompt_ids(rec[0])
-        want = generate(smollm2.model, ids, max_new_tokens=12, stop_tokens=smollm2.stop_tokens)[0]
+        want = generate(smollm2.model, ids, max_new_tokens=8, stop_tokens=smollm2.stop_tokens)[0]
         assert outs[0].critiques[0] == smollm2.tokenizer.decode(want, skip_special_tokens=True)
         assert outs[0].prediction == parse_answer(outs[0].critiques[0], len(rec[0].steps))
-        voted = critic.predict(rec[:1], n_samples=3, max_tokens=12)
+        voted = critic.predict(rec[:1], n_samples=3, max_tokens=6)
         assert len(voted[0].samples) == 3 and len(set(voted[0].critiques)) > 1
     finally:
         critic.close()
-    report, rows = evaluate_records(rec, "critic", samples=1, max_new_tokens=4)
+    report, rows = evaluate_records(rec, "critic", smollm2, max_new_tokens=2)
     assert rows[0]["critiques"] and "t" in report.subsets
 
 

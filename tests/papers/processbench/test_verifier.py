@@ -51,8 +51,8 @@ def test_step_targets():
 
 
 def test_prm_learns_a_visible_error_and_roundtrips(tmp_path):
-    train, test = _toy(400, 1), _toy(60, 2)
-    cfg = VerifierConfig(d_model=32, n_layer=1, n_head=2, steps=120, batch_size=16, lr=1e-2,
+    train, test = _toy(300, 1), _toy(60, 2)
+    cfg = VerifierConfig(d_model=32, n_layer=1, n_head=2, steps=80, batch_size=16, lr=1e-2,
                          warmup_steps=5, precision="fp32")  # fmt: skip
     v, history = train_verifier(train, "process", cfg, seed=0)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]

@@ -44,7 +44,7 @@ class FileResult:
 def evaluate_records(
     records: Sequence[Record],
     evaluator: str,
-    model: str | Path | None = None,
+    model: Any = None,
     *,
     samples: int = 1,
     max_new_tokens: int = 512,
@@ -54,8 +54,9 @@ def evaluate_records(
 
     Args:
         records: (N,) records.
-        evaluator: "critic" (a chat model; ``model`` "smollm2", the default), "prm" or
-            "outcome" (``model``: a verifier folder saved by `Verifier.save`).
+        evaluator: "critic" (a chat model: ``model`` "smollm2", the default, or any
+            `minirepro.core.pretrained.Pretrained`), "prm" or "outcome" (``model``: a
+            verifier folder saved by `Verifier.save`, or a `Verifier`).
         model: See ``evaluator``.
         samples: Critic samples per record (more than 1: majority vote).
         max_new_tokens: Critic generation budget.
@@ -83,11 +84,12 @@ def _critic(records, model, samples, max_new_tokens, rows) -> list[int | None]:
     from minirepro.core.pretrained import load_smollm2
     from minirepro.papers.processbench.critic import Critic
 
-    if model not in (None, "smollm2"):
+    named = model is None or isinstance(model, (str, Path))
+    if named and model not in (None, "smollm2"):
         raise ValueError(
-            f"the critic runs 'smollm2' (SmolLM2-135M-Instruct), got --model {model!r}"
+            f"the critic runs 'smollm2' (SmolLM2-135M-Instruct) or a Pretrained, got {model!r}"
         )
-    critic = Critic(load_smollm2())
+    critic = Critic(load_smollm2() if named else model)
     try:
         outs = critic.predict(records, samples, max_tokens=max_new_tokens)
     finally:
@@ -105,7 +107,7 @@ def _verifier(records, evaluator, model, calibration_subset, rows) -> list[int]:
             f"--evaluator {evaluator} needs --model: a verifier folder saved by "
             "`minirepro run processbench` (<run folder>/verifiers/prm-seed0)"
         )
-    v = Verifier.load(model)
+    v = model if isinstance(model, Verifier) else Verifier.load(model)
     want = "process" if evaluator == "prm" else "outcome"
     if v.supervision != want:
         raise ValueError(f"{model} holds a {v.supervision!r} verifier, not {want!r} ({evaluator})")
