@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -180,6 +181,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
 
     f1: dict[str, list[Report]] = {"prm": [], "outcome": []}
     fac: dict[str, list[float]] = {"prm": [], "outcome": []}
+    prm_preds: list[dict[str, int]] = []  # per seed: record id -> PRM prediction
     runs = [(s, sup) for s in cfg.seeds for sup in ("process", "outcome")]
     for seed, sup in out.track(runs, "train verifiers"):
         t1 = time.perf_counter()
@@ -195,7 +197,12 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
                 fac_accuracy=fac[name][-1], **_flat(report))  # fmt: skip
         if cfg.save_verifiers:
             v.save(out.path / "verifiers" / f"{name}-seed{seed}")
+        if name == "prm":
+            prm_preds.append(dict(zip((r.id for r in test), preds)))
     critic = _critic(cfg, test, out) if cfg.n_critic or cfg.n_vote else None
+    if critic is not None and "greedy" in critic:  # the PRM on the records the critic saw
+        seen = critic.pop("greedy_records")
+        critic["prm_same"] = [score(seen, [p[r.id] for r in seen]) for p in prm_preds]
     out.log(stage="done", seconds=time.perf_counter() - t0)
     return _results(cfg, f1, fac, critic)
 
@@ -217,14 +224,14 @@ def _flat(report: Report) -> dict[str, float]:
     return out
 
 
-def _critic(cfg: Config, test: list[Record], out: RunDir) -> dict[str, Report | float]:
+def _critic(cfg: Config, test: list[Record], out: RunDir) -> dict[str, Any]:
     """Greedy and voted SmolLM2 critiques of the first records of each subset."""
     from minirepro.core.pretrained import load_smollm2
     from minirepro.papers.processbench.critic import Critic
 
     t1 = time.perf_counter()
     critic = Critic(load_smollm2())
-    res: dict[str, Report | float] = {}
+    res: dict[str, Any] = {}
     try:
         for mode, n, samples in (
             ("greedy", cfg.n_critic, 1),
@@ -238,6 +245,7 @@ def _critic(cfg: Config, test: list[Record], out: RunDir) -> dict[str, Report | 
             report = score(recs, preds)
             answered = sum(s is not None for o in outs for s in o.samples) / (len(outs) * samples)
             res[mode] = report
+            res[f"{mode}_records"] = recs
             res[f"{mode}_answered"] = answered
             res[f"{mode}_fac"] = fac_accuracy(recs, preds)
             out.log(stage="critic", mode=mode, n=len(recs), samples=samples, answered=answered,
@@ -264,7 +272,7 @@ def _results(
     cfg: Config,
     f1: dict[str, list[Report]],
     fac: dict[str, list[float]],
-    critic: dict[str, Report | float] | None,
+    critic: dict[str, Any] | None,
 ) -> list[Result]:
     seeds = list(cfg.seeds)
     table = "; ".join(_table(n, f1[n]) for n in ("prm", "outcome"))
@@ -286,10 +294,10 @@ def _results(
     ]  # fmt: skip
     if critic is not None and "greedy" in critic:
         g = critic["greedy"]
-        prm_avg = [r.average_f1 for r in f1["prm"]]
+        prm_avg = [r.average_f1 for r in critic["prm_same"]]
         vals = [g.average_f1 - p for p in prm_avg]
         note = (
-            f"critic avg F1 - PRM avg F1 on {cfg.n_critic} records per subset (greedy); critic F1 (%): "
+            f"critic avg F1 - PRM avg F1 on the same {cfg.n_critic} records per subset (greedy; PRM there: {100 * _mean(prm_avg):.1f}); critic F1 (%): "
             + ", ".join(f"{s} {100 * v.f1:.1f} (err {100 * v.acc_error:.0f}, cor {100 * v.acc_correct:.0f})" for s, v in g.subsets.items())
             + f"; answered {100 * critic['greedy_answered']:.0f}% of critiques with a valid \\boxed{{}} index"
         )  # fmt: skip
