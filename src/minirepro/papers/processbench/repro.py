@@ -194,7 +194,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         fac[name].append(fac_accuracy(test, preds))
         out.log(stage="verifier", evaluator=name, seed=seed, final_loss=history[-1]["loss"],
                 threshold=threshold, seconds=time.perf_counter() - t1,
-                fac_accuracy=fac[name][-1], **_flat(report))  # fmt: skip
+                fac_accuracy=fac[name][-1], **_by_kind(test, preds), **_flat(report))  # fmt: skip
         if cfg.save_verifiers:
             v.save(out.path / "verifiers" / f"{name}-seed{seed}")
         if name == "prm":
@@ -214,6 +214,17 @@ def _composition(records: list[Record]) -> dict[str, int]:
         "n_error": len(errs),
         "n_error_final_answer_correct": sum(r.final_answer_correct for r in errs),
     }
+
+
+def _by_kind(records: list[Record], predictions: list[int | None]) -> dict[str, float]:
+    """Exact-match accuracy on the error records of each kind (synthetic records' meta)."""
+    hits: dict[str, list[bool]] = {}
+    for r, p in zip(records, predictions):
+        kind = r.meta.get("error_kind")
+        if r.label != -1 and kind:
+            key = f"acc/{kind}{'+propagated' if r.meta.get('propagated') else ''}"
+            hits.setdefault(key, []).append(p == r.label)
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
 def _flat(report: Report) -> dict[str, float]:
