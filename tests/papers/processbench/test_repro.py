@@ -71,6 +71,8 @@ def test_eval_command_with_a_saved_verifier(smoke_run, tmp_path):
     assert res.exit_code == 2 and "no such file" in res.output
 
 
+@pytest.mark.llm
+@pytest.mark.slow
 def test_critic_decodes_like_core_generate(smollm2):
     rec = synthetic_records(SynthConfig(n=2, min_op=1, max_op=2, max_edge=3), 0, "t")
     critic = Critic(smollm2)
