@@ -56,6 +56,8 @@ def test_eval_command_with_a_saved_verifier(smoke_run, tmp_path):
     assert "gsm8k" in res.output and "math" in res.output and "average F1" in res.output
     rows = [json.loads(x) for x in pred.read_text().splitlines()]
     assert len(rows) == 24 and {"prediction", "match", "step_scores"} <= set(rows[0])
+    res = runner.invoke(cli.app, [*args, "--limit", "3", "--output", str(pred)])
+    assert res.exit_code == 0 and len(pred.read_text().splitlines()) == 6
     # a malformed record: a one-line error naming it, or skipped with --skip-bad
     with open(data, "a") as f:
         f.write(json.dumps(recs[0].to_dict() | {"id": "math-99", "label": 50}) + "\n")
