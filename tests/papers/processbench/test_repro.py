@@ -86,6 +86,8 @@ def test_critic_decodes_like_core_generate(smollm2):
         assert outs[0].prediction == parse_answer(outs[0].critiques[0], len(rec[0].steps))
         voted = critic.predict(rec[:1], n_samples=3, max_tokens=6)
         assert len(voted[0].samples) == 3 and len(set(voted[0].critiques)) > 1
+        forced = critic.predict(rec, max_tokens=4, answer_prefix="\\boxed{")
+        assert all(o.critiques[0].startswith("\\boxed{") for o in forced)
     finally:
         critic.close()
     report, rows = evaluate_records(rec, "critic", smollm2, max_new_tokens=2)

@@ -164,10 +164,14 @@ class Critic:
         )
         self.engine = LLMEngine.from_pretrained(pretrained, config)
 
-    def prompt_ids(self, record: Record) -> list[int]:
-        """Token ids of the critic prompt in the model's chat template."""
+    def prompt_ids(self, record: Record, answer_prefix: str = "") -> list[int]:
+        """Token ids of the critic prompt in the model's chat template, and the start of
+        the assistant's reply when ``answer_prefix`` is given."""
         msg = [{"role": "user", "content": critic_prompt(record, self.template)}]
-        return self.pretrained.encode_chat(msg)
+        ids = self.pretrained.encode_chat(msg)
+        if answer_prefix:
+            ids += self.pretrained.tokenizer.encode(answer_prefix, add_special_tokens=False)
+        return ids
 
     def predict(
         self,
@@ -178,6 +182,7 @@ class Critic:
         top_p: float = 0.9,
         max_tokens: int = 256,
         seed: int = 42,
+        answer_prefix: str = "",
     ) -> list[CriticOutput]:
         """Critique every record: greedy (``n_samples=1``) or a majority vote of samples.
 
@@ -189,6 +194,9 @@ class Critic:
             top_p: Nucleus for sampling.
             max_tokens: Generation budget per sample (the reference: 8192).
             seed: Sample ``j`` of record ``i`` uses seed ``seed + 1000 * i + j``.
+            answer_prefix: Text the reply is forced to begin with, e.g. ``"\\boxed{"`` to
+                make a model that never answers commit to an index (not the paper's
+                protocol; a diagnostic). It is part of each returned critique.
         """
         from minirepro.papers.serve import SamplingParams
 
@@ -197,7 +205,7 @@ class Critic:
         temp = temperature if temperature is not None else (0.0 if n_samples == 1 else 1.0)
         prompts, params = [], []
         for i, r in enumerate(records):
-            ids = self.prompt_ids(r)
+            ids = self.prompt_ids(r, answer_prefix)
             for j in range(n_samples):
                 prompts.append(ids)
                 params.append(
@@ -213,7 +221,7 @@ class Critic:
         results = []
         for i, r in enumerate(records):
             texts = tuple(
-                decode(o, skip_special_tokens=True)
+                answer_prefix + decode(o, skip_special_tokens=True)
                 for o in outs[i * n_samples : (i + 1) * n_samples]
             )
             samples = tuple(parse_answer(t, len(r.steps)) for t in texts)

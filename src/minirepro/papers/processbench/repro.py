@@ -244,14 +244,19 @@ def _critic(cfg: Config, test: list[Record], out: RunDir) -> dict[str, Any]:
     critic = Critic(load_smollm2())
     res: dict[str, Any] = {}
     try:
-        for mode, n, samples in (
-            ("greedy", cfg.n_critic, 1),
-            ("vote", cfg.n_vote, cfg.vote_samples),
+        for mode, n, samples, prefix in (
+            ("greedy", cfg.n_critic, 1, ""),
+            ("vote", cfg.n_vote, cfg.vote_samples, ""),
+            # a diagnostic, not the paper's protocol: the reply forced to start "\boxed{"
+            ("forced", cfg.n_critic, 1, "\\boxed{"),
         ):
             if not n:
                 continue
             recs = [r for sub in (EASY, HARD) for r in [x for x in test if x.subset == sub][:n]]
-            outs = critic.predict(recs, samples, max_tokens=cfg.max_new_tokens, seed=cfg.data_seed)
+            budget = 8 if prefix else cfg.max_new_tokens
+            outs = critic.predict(
+                recs, samples, max_tokens=budget, seed=cfg.data_seed, answer_prefix=prefix
+            )
             preds = [o.prediction for o in outs]
             report = score(recs, preds)
             answered = sum(s is not None for o in outs for s in o.samples) / (len(outs) * samples)
@@ -312,6 +317,12 @@ def _results(
             + ", ".join(f"{s} {100 * v.f1:.1f} (err {100 * v.acc_error:.0f}, cor {100 * v.acc_correct:.0f})" for s, v in g.subsets.items())
             + f"; answered {100 * critic['greedy_answered']:.0f}% of critiques with a valid \\boxed{{}} index"
         )  # fmt: skip
+        if "forced" in critic:
+            f = critic["forced"]
+            note += (
+                f"; reply forced to start with \\boxed{{: avg F1 {100 * f.average_f1:.1f}, "
+                f"answered {100 * critic['forced_answered']:.0f}%"
+            )
         if "vote" in critic:
             note += f"; vote@{cfg.vote_samples} on {cfg.n_vote}/subset: avg F1 {100 * critic['vote'].average_f1:.1f}"
         results.append(
