@@ -117,3 +117,5 @@ def test_files_that_are_not_processbench(tmp_path):
 def test_record_defaults_subset_from_id():
     assert Record("omnimath-12", "p", ("a",), -1, True).subset == "omnimath"
     assert Record("plain", "p", ("a",), -1, True).subset == "plain"
+    r = Record("a-1", "p", ["x"], -1, True, meta={"op": 3})
+    assert r.steps == ("x",) and len({r, r}) == 1  # hashable despite its meta dict

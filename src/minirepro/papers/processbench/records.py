@@ -67,7 +67,7 @@ class Record:
     final_answer_correct: bool
     generator: str = ""
     subset: str = ""
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
