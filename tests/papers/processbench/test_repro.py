@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from minirepro import cli
@@ -76,6 +77,7 @@ def test_eval_command_with_a_saved_verifier(smoke_run, tmp_path):
 @pytest.mark.llm
 @pytest.mark.slow
 def test_critic_decodes_like_core_generate(smollm2):
+    torch.set_num_threads(1)  # one thread: far less time lost to busy cores (reset per test)
     rec = synthetic_records(SynthConfig(n=2, min_op=1, max_op=2, max_edge=3), 0, "t")
     critic = Critic(smollm2)
     try:
@@ -90,7 +92,7 @@ def test_critic_decodes_like_core_generate(smollm2):
         assert all(o.critiques[0].startswith("\\boxed{") for o in forced)
     finally:
         critic.close()
-    report, rows = evaluate_records(rec, "critic", smollm2, max_new_tokens=2)
+    report, rows = evaluate_records(rec[:1], "critic", smollm2, max_new_tokens=1)
     assert rows[0]["critiques"] and "t" in report.subsets
 
 

@@ -51,6 +51,7 @@ def test_step_targets():
 
 
 def test_prm_learns_a_visible_error_and_roundtrips(tmp_path):
+    torch.set_num_threads(1)  # far less time lost to busy cores (reset per test)
     train, test = _toy(300, 1), _toy(60, 2)
     cfg = VerifierConfig(d_model=32, n_layer=1, n_head=2, steps=80, batch_size=16, lr=1e-2,
                          warmup_steps=5, precision="fp32")  # fmt: skip

@@ -136,7 +136,9 @@ PRESETS = {
     ),
     # the defaults: 2 seeds x (PRM + outcome verifier) of a d=64, 2-layer decoder, 400 steps
     # of 16 records; SmolLM2 critiques 8 records per subset greedily (NOTES.md: time)
-    "quick": Config(),
+    # one torch thread: d=64 matmuls gain little from a second thread, and on a machine
+    # whose cores other jobs keep busy two threads ran 2-4x slower (NOTES.md)
+    "quick": Config(threads=1),
     # closer to the paper: more data, larger verifiers, the critic on every record with
     # the paper's 8-sample vote
     "full": Config(
