@@ -1,4 +1,4 @@
-"""The `minirepro` command line: list, run, bench, report, serve.
+"""The `minirepro` command line: list, run, bench, report, serve, wim ask, processbench eval.
 
     minirepro list
     minirepro run flow --preset smoke -o n_steps=200
@@ -6,6 +6,8 @@
     minirepro bench flexattn
     minirepro report runs/
     minirepro serve --model smollm2 --port 8000
+    minirepro processbench eval data.jsonl --evaluator critic -o predictions.jsonl
+    minirepro wim ask --context long.txt --question "Where was the author born?"
 
 Heavy libraries (torch, matplotlib) are imported by the papers when they run, not here,
 so `minirepro --help` and `minirepro list` stay fast.
@@ -412,6 +414,54 @@ def wim_ask(
         out = session.answer()
     console.print(f"[bold]answer[/bold] ({out.time_to_answer:.1f} s):")
     console.print(Text(out.answer), soft_wrap=True)
+
+
+processbench_app = typer.Typer(help="ProcessBench: score a file of step-by-step solutions.")
+app.add_typer(processbench_app, name="processbench")
+
+
+@processbench_app.command("eval")
+def processbench_eval(
+    file: Annotated[Path, typer.Argument(help="ProcessBench records: .jsonl, or .json list.")],
+    evaluator: Annotated[
+        str, typer.Option(help="critic (SmolLM2 prompted), prm or outcome (a trained verifier).")
+    ] = "critic",
+    model: Annotated[
+        str | None,
+        typer.Option(help="critic: 'smollm2'; prm/outcome: a verifier folder from `run`."),
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Critic samples per record (>1: vote).")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Critic generation budget.")] = 512,
+    calibration_subset: Annotated[
+        str | None, typer.Option(help="prm/outcome: choose the threshold by F1 on this subset.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N records per subset.")] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Skip malformed records (counted) instead of failing."),
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write per-record predictions (JSONL).")
+    ] = None,
+) -> None:
+    """Score FILE with one evaluator and print error acc, correct acc and F1 per subset."""
+    from minirepro.papers.processbench.evaluate import evaluate_file
+    from minirepro.papers.processbench.records import RecordError
+
+    try:
+        result = evaluate_file(
+            file, evaluator, model, skip_bad=skip_bad, limit=limit, samples=samples,
+            max_new_tokens=max_new_tokens, calibration_subset=calibration_subset,
+        )  # fmt: skip
+    except (FileNotFoundError, RecordError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if result.n_skipped:
+        err_console.print(
+            f"skipped {result.n_skipped} malformed record(s); first: {result.skipped[0]}"
+        )
+    console.print(result.report.table(), soft_wrap=True, highlight=False)
+    if output is not None:
+        console.print(f"predictions: {result.write(output)}", soft_wrap=True)
 
 
 if __name__ == "__main__":

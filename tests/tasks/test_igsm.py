@@ -19,6 +19,8 @@ from minirepro.tasks.igsm import (
     generate_many,
     retry_segments,
     retry_solution,
+    split_steps,
+    step_texts,
     wrong_candidates,
 )
 from minirepro.tasks.igsm.expr import Node, canonical, evaluate, parse, reduce_once, render
@@ -251,3 +253,31 @@ def test_mask_marks_exactly_the_wrong_steps(tok_kind):
         assert wrong == expect
         back = tok.token_to_id(BACK)
         assert all(not e for t, e in zip(ids, err) if t == back)
+
+
+# ----- step_texts and step_text overrides (used by the processbench benchmark) ----------------
+def test_step_texts_splits_like_split_steps_and_keeps_spacing():
+    for i in range(15):
+        p = generate(GenConfig(min_op=1, max_op=8, max_edge=8), seed=2, index=i)
+        assert step_texts(p.solution) == [s.text for s in p.steps]
+        for kind in CORRUPTIONS:
+            out = corrupt_solution(p, kind, i)
+            if out is not None:
+                assert len(step_texts(out[0])) == len(split_steps(out[0]))
+    text = "Define A as [BACK]. Define B as x; so x = 3. unfinished"
+    assert step_texts(text) == ["Define A as [BACK].", "Define B as x; so x = 3.", "unfinished"]
+    assert len(split_steps(text)) == 3
+
+
+def test_step_text_with_other_values_and_expression():
+    p = generate(GenConfig(op=4, max_edge=8), seed=0)
+    assert [p.step_text(s.param) for s in p.steps] == [s.text for s in p.steps]
+    k = next(i for i, s in enumerate(p.steps) if p.deps(s.param))
+    s = p.steps[k]
+    dep = p.deps(s.param)[0]
+    values = dict(p.values) | {dep: (p.values[dep] + 1) % p.mod}
+    changed = p.step_text(s.param, values)
+    assert changed != s.text and changed.split(" = ")[:2] == s.text.split(" = ")[:2]
+    extra = Node("+", (p.expr_of(s.param), p.steps[0].param))
+    text = p.step_text(s.param, expr=extra)
+    assert f"+ {p.steps[0].symbol}" in text.split(" = ")[1]

@@ -21,7 +21,8 @@ Difficulty is ``op``, the number of arithmetic operations in the solution, and i
 
 `check_solution` parses a solution written by anyone (a model, a corrupted copy) and checks
 every step — name, dependencies, order, copied values, each line of arithmetic, the final
-value — reporting the first failing step and why. `retry_segments` makes the Part 2.2 retry
+value — reporting the first failing step and why; `step_texts` splits any solution text
+into its steps the same way. `retry_segments` makes the Part 2.2 retry
 data ("Define <param> as [BACK]." before a correct step) in the three flavours retry,
 retry_weak and retry_miss, with the wrong tokens marked for optional label masking.
 `corrupt_solution` makes a solution with one known mistake (a wrong value, a copied operand,
@@ -43,6 +44,7 @@ from minirepro.tasks.igsm.checker import (
     StepCheck,
     check_solution,
     split_steps,
+    step_texts,
 )
 from minirepro.tasks.igsm.corrupt import CORRUPTIONS, corrupt_solution
 from minirepro.tasks.igsm.expr import Node, ParseError
@@ -94,5 +96,6 @@ __all__ = [
     "retry_solution",
     "solution_order",
     "split_steps",
+    "step_texts",
     "wrong_candidates",
 ]

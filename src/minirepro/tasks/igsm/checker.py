@@ -36,7 +36,7 @@ from minirepro.tasks.igsm.expr import (
 from minirepro.tasks.igsm.graph import Param, StructureGraph
 from minirepro.tasks.igsm.problem import Problem
 
-__all__ = ["BACK", "CheckResult", "StepCheck", "check_solution", "split_steps"]
+__all__ = ["BACK", "CheckResult", "StepCheck", "check_solution", "split_steps", "step_texts"]
 
 BACK = "[BACK]"
 _TOKEN = re.compile(r"\[BACK\]|\w+|[^\w\s]")
@@ -103,6 +103,29 @@ def split_steps(text: str) -> list[list[str]]:
     if cur:
         steps.append(cur)
     return steps
+
+
+def step_texts(text: str) -> list[str]:
+    """The text of each step, split where `split_steps` splits, spacing kept as written.
+
+    ``" ".join(step_texts(p.solution)) == p.solution`` for a generated problem, and
+    ``len(step_texts(t)) == len(split_steps(t))`` for any text.
+    """
+    spans: list[list[int]] = []  # [start, end] of each step in text
+    start = None  # where the current step's first token begins
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "." and start is None and spans and text[: spans[-1][1]].endswith(BACK):
+            spans[-1][1] = m.end()  # "[BACK]." : the period closes the retracted attempt
+            continue
+        if start is None:
+            start = m.start()
+        if tok in (".", BACK):
+            spans.append([start, m.end()])
+            start = None
+    if start is not None:
+        spans.append([start, len(text)])
+    return [text[a:b].strip() for a, b in spans]
 
 
 @lru_cache(maxsize=64)

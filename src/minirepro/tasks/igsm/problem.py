@@ -164,13 +164,24 @@ class Problem:
             out.append(Step(p, sym, e, self.values[p], self.step_text(p)))
         return tuple(out)
 
-    def step_text(self, p: Param) -> str:
-        """The solution step defining needed parameter ``p``."""
+    def step_text(
+        self, p: Param, values: Mapping[Param, int] | None = None, expr: Expr | None = None
+    ) -> str:
+        """The solution step defining needed parameter ``p``.
+
+        Args:
+            p: The parameter.
+            values: Operand values to substitute (default: the true `values`); a step
+                written from wrong earlier values is "correct given its premises".
+            expr: The definition to write, over `Param` leaves (default: ``expr_of(p)``);
+                another expression writes a step with a wrong dependency.
+        """
         sym = self.symbols[p]
-        e = self.expr_of(p)
+        values = self.values if values is None else values
+        e = self.expr_of(p) if expr is None else expr
         chain = [render(e, lambda x: self.symbols[x])]
         if not isinstance(e, int):
-            e = substitute(e, lambda x: self.values[x])
+            e = substitute(e, lambda x: values[x])
             chain.append(render(e))
             while not isinstance(e, int):
                 e = reduce_once(e, self.mod)
