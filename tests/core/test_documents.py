@@ -8,13 +8,8 @@ from torch.testing import assert_close
 
 from minirepro.core.documents import document_layout, left_pad_document_ids
 from minirepro.core.generate import generate
-from minirepro.core.model import (
-    ModelConfig,
-    Transformer,
-    register_attention,
-    register_mixer,
-    to_hf,
-)
+from minirepro.core.hf_llama import to_hf
+from minirepro.core.model import ModelConfig, Transformer, register_attention, register_mixer
 from minirepro.core.train import TrainConfig, lm_loss, train
 
 V = 53

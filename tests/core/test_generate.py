@@ -13,7 +13,7 @@ from minirepro.core.generate import (
     sample_next,
     stream,
 )
-from minirepro.core.model import to_hf
+from minirepro.core.hf_llama import to_hf
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from minirepro.core.model import (
-    KVCache,
-    ModelConfig,
-    Transformer,
-    from_hf,
-    register_mixer,
-    to_hf,
-)
+from minirepro.core.hf_llama import from_hf, to_hf
+from minirepro.core.model import KVCache, ModelConfig, Transformer, register_mixer
 
 CONFIGS = [
     # (n_layer, n_head, n_kv_head, d_model, head_dim, tie, theta)

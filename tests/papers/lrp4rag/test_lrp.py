@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from minirepro.core.model import ModelConfig, Transformer, register_mixer, to_hf
+from minirepro.core.hf_llama import to_hf
+from minirepro.core.model import ModelConfig, Transformer, register_mixer
 from minirepro.papers.lrp4rag import lrp_mode, relevance_matrix
 
 

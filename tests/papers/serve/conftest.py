@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minirepro.core.model import to_hf
+from minirepro.core.hf_llama import to_hf
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def setup(smollm2, hf_greedy):
-    from minirepro.core.model import to_hf
+    from minirepro.core.hf_llama import to_hf
 
     hf = to_hf(smollm2.model)
     prompts = [smollm2.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]

@@ -25,6 +25,6 @@ def tiny_core(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_hf(tiny_core):
     """transformers' LlamaForCausalLM with the same weights as `tiny_core`."""
-    from minirepro.core.model import to_hf
+    from minirepro.core.hf_llama import to_hf
 
     return to_hf(tiny_core).eval()

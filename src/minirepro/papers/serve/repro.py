@@ -476,7 +476,8 @@ def paper_model(max_nano: int = 3) -> dict[str, object]:
 
 def load_models(cfg: Config):
     """(core model, HF model, tokenizer or None) for cfg.model."""
-    from minirepro.core.model import ModelConfig, Transformer, to_hf
+    from minirepro.core.hf_llama import to_hf
+    from minirepro.core.model import ModelConfig, Transformer
 
     if cfg.model == "smollm2":
         from minirepro.core.pretrained import load_smollm2
