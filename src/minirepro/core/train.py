@@ -220,6 +220,8 @@ def _process_group(cfg: TrainConfig) -> Iterator[torch.device]:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield device
+        if create:  # no rank tears gloo down while another still talks to it (or saves)
+            dist.barrier()
     finally:
         if create:
             dist.destroy_process_group()
