@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from minirepro.core.model import RMSNorm, SwiGLU
 
-__all__ = ["ConditionEncoder", "CrossAttention", "face_count_bin", "fourier_features"]
+__all__ = [
+    "ConditionEncoder",
+    "CrossAttention",
+    "face_count_bin",
+    "fourier_features",
+    "sample_points",
+]
 
 
 def fourier_features(points: Tensor, n_freq: int) -> Tensor:
@@ -47,13 +53,28 @@ class CrossAttention(nn.Module):
         self.norm_mlp = RMSNorm(d_model) if mlp else None
         self.mlp = SwiGLU(d_model, 32 * math.ceil(8 * d_model / 3 / 32)) if mlp else None
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x: (B, S, d); context: (B, M, d) or None. Returns (B, S, d)."""
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, M, D) of a context, to reuse over decoding steps."""
+        c = self.norm_kv(context)
+        B, M, _ = c.shape
+        k, v = self.wkv(c).view(B, M, 2, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x: (B, S, d); context: (B, M, d), or None for self-attention; kv: precomputed
+        `context_kv(context)`. Returns (B, S, d)."""
         B, S, d = x.shape
         h = self.norm_q(x)
-        c = h if context is None else self.norm_kv(context)
         q = self.wq(h).view(B, S, self.n_head, -1).transpose(1, 2)  # (B, H, S, D)
-        k, v = self.wkv(c).view(B, c.shape[1], 2, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        if kv is None:
+            c = h if context is None else self.norm_kv(context)
+            kv = self.wkv(c).view(B, c.shape[1], 2, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        k, v = kv  # (B, H, M, D) each
         y = F.scaled_dot_product_attention(q, k, v)  # (B, H, S, D)
         x = x + self.wo(y.transpose(1, 2).reshape(B, S, d))
         if self.mlp is not None:
@@ -130,7 +151,9 @@ class ConditionEncoder(nn.Module):
         if self.face_bins:
             if n_faces is None:
                 raise ValueError("this model controls the face count: pass n_faces (B,)")
-            b = face_count_bin(n_faces, self.face_bins, self.max_faces).to(self.face_embed.weight.device)
+            b = face_count_bin(n_faces, self.face_bins, self.max_faces).to(
+                self.face_embed.weight.device
+            )
             rows.append(self.face_embed(b.reshape(-1))[:, None])  # (B, 1, d)
         return torch.cat(rows, dim=1)
 

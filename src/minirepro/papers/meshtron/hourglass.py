@@ -98,9 +98,9 @@ class MeshBlock(nn.Module):
         self.block = Block(cfg, layer)
         self.cross = CrossAttention(d_model, n_head, mlp=False) if cond else None
 
-    def forward(self, x: Tensor, inp: MixerInput, context: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, inp: MixerInput, context: Tensor | None, kv=None) -> Tensor:
         x = self.block(x, inp)
-        return x if self.cross is None else self.cross(x, context)
+        return x if self.cross is None else self.cross(x, context, kv)
 
 
 @dataclass
@@ -125,6 +125,7 @@ class DecodeState:
         self.up = [u[index] if u is not None else None for u in self.up]
         if self.context is not None:
             self.context = self.context[index]
+        self.extra = {}  # context K/V, recomputed from the reordered context
 
 
 class HourglassLM(nn.Module):
@@ -151,7 +152,9 @@ class HourglassLM(nn.Module):
             )
 
         self.pre = nn.ModuleList(blocks(i, cfg.layers[i]) for i in range(n))
-        self.post = nn.ModuleList(blocks(i, cfg.layers[len(cfg.layers) - 1 - i]) for i in range(n - 1))
+        self.post = nn.ModuleList(
+            blocks(i, cfg.layers[len(cfg.layers) - 1 - i]) for i in range(n - 1)
+        )
         self.down = nn.ModuleList(nn.Linear(SHORTEN * d, d, bias=False) for _ in range(n - 1))
         self.up = nn.ModuleList(nn.Linear(d, SHORTEN * d, bias=False) for _ in range(n - 1))
         self.condition = (
@@ -187,13 +190,18 @@ class HourglassLM(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
 
-    def _run(self, blocks, x: Tensor, depth: int, context, caches=None, start: int = 0):
+    def _run(self, blocks, x: Tensor, depth: int, context, caches=None, start: int = 0, kvs=None):
         S = x.shape[1]
         pos = torch.arange(start, start + S, device=x.device)
         cos, sin = rope_cos_sin(pos, self.level_cfg[depth].head_dim, self.cfg.rope_theta, x.dtype)
         for i, blk in enumerate(blocks):
             cache = caches[i] if caches is not None else None
-            x = blk(x, MixerInput(cos, sin, start, cache), context)
+            kv = None
+            if kvs is not None and blk.cross is not None:  # decoding: context K/V once
+                if blk not in kvs:
+                    kvs[blk] = blk.cross.context_kv(context)
+                kv = kvs[blk]
+            x = blk(x, MixerInput(cos, sin, start, cache), context, kv)
         return x
 
     def _level(self, x: Tensor, depth: int, context) -> Tensor:
@@ -253,7 +261,7 @@ class HourglassLM(nn.Module):
 
     def _level_step(self, x: Tensor, depth: int, st: DecodeState) -> Tensor:
         p = st.pos[depth]
-        x = self._run(self.pre[depth], x, depth, st.context, st.pre[depth], p)
+        x = self._run(self.pre[depth], x, depth, st.context, st.pre[depth], p, st.extra)
         if depth < self.cfg.n_levels - 1:
             B, _, d = x.shape
             st.buf[depth] = torch.cat([st.buf[depth][:, 1:], x], dim=1)  # (B, k, d)
@@ -262,7 +270,7 @@ class HourglassLM(nn.Module):
                 s = self._level_step(s, depth + 1, st)
                 st.up[depth] = self.up[depth](s).reshape(B, SHORTEN, d)
             x = x + st.up[depth][:, p % SHORTEN : p % SHORTEN + 1]
-            x = self._run(self.post[depth], x, depth, st.context, st.post[depth], p)
+            x = self._run(self.post[depth], x, depth, st.context, st.post[depth], p, st.extra)
         st.pos[depth] = p + 1
         return x
 

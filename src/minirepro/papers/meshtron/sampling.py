@@ -3,7 +3,8 @@
 Robust sampling masks the logits so the sequence can only be a canonical mesh
 (`tokenizer.sequence_errors`): within a face each vertex is strictly above the previous one
 in (z, y, x) order, each face is strictly above the previous face, EOS comes only at a
-face boundary after at least one face, and BOS/PAD never. Each rule is a lexicographic
+face boundary after at least one face, BOS/PAD never, and the last coordinate of a face
+never makes it zero-area. Each rule is a lexicographic
 lower bound that binds only while the prefix still ties the bound, so it is a few
 comparisons per step on (B, vocab) masks.
 """
@@ -59,10 +60,22 @@ def order_mask(seq: Tensor, tok: MeshTokenizer, max_faces: int | None = None) ->
     if q >= 3:  # vertex > previous vertex of the face, over 3 tokens
         r = q % 3
         tied = (cur[:, q - r : q] == cur[:, q - r - 3 : q - 3]).all(1)
-        allowed[:, : tok.n_levels] = _bound(
-            allowed[:, : tok.n_levels], tied, cur[:, q - 3], r == 2
-        )
+        allowed[:, : tok.n_levels] = _bound(allowed[:, : tok.n_levels], tied, cur[:, q - 3], r == 2)
+    if q == 8:  # the last coordinate must not make the face zero-area (collinear)
+        allowed[:, : tok.n_levels] &= ~_collinear_x(cur, tok.n_levels)
     return allowed
+
+
+def _collinear_x(cur: Tensor, n_levels: int) -> Tensor:
+    """(B, n_levels): True where x would put v2 = (z2, y2, x) on the line through v0, v1.
+
+    cur: (B, 8) the face so far (z y x of v0, v1; z y of v2).
+    """
+    v0, v1 = cur[:, 0:3], cur[:, 3:6]  # (B, 3) as (z, y, x)
+    x = torch.arange(n_levels, device=cur.device)
+    v2 = torch.stack(torch.broadcast_tensors(cur[:, 6:7], cur[:, 7:8], x[None]), -1)  # (B, n, 3)
+    cross = torch.linalg.cross((v1 - v0)[:, None].expand_as(v2), v2 - v0[:, None], dim=-1)
+    return (cross == 0).all(-1)
 
 
 @dataclass
@@ -123,9 +136,7 @@ def generate(
     if batch_size < 1 or max_faces < 1:
         raise ValueError("batch_size and max_faces must be >= 1")
     if model.cfg.vocab_size != tok.vocab_size:
-        raise ValueError(
-            f"model vocab_size={model.cfg.vocab_size} != tokenizer's {tok.vocab_size}"
-        )
+        raise ValueError(f"model vocab_size={model.cfg.vocab_size} != tokenizer's {tok.vocab_size}")
     model.eval()
     dev = model.embed.weight.device
     max_len = 2 + 9 * max_faces
@@ -158,5 +169,5 @@ def generate(
     out = []
     for row in seq.cpu().numpy():
         end = np.flatnonzero(row == tok.eos)
-        out.append(row[: end[0] + 1] if len(end) else row[row != tok.pad])
+        out.append(row[: end[0] + 1] if len(end) else row)  # padding only follows EOS
     return Generation(out, int(dead.sum()), seconds, n_tokens)

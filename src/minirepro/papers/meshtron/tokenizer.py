@@ -114,7 +114,9 @@ def canonicalize(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _non_manifold_edges(faces: np.ndarray) -> int:
+    faces = np.unique(np.sort(faces, 1), axis=0)  # a face listed twice is a duplicate, dropped
     edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    edges = edges[edges[:, 0] != edges[:, 1]]  # degenerate faces are dropped, not counted
     _, counts = np.unique(edges, axis=0, return_counts=True)
     return int((counts > 2).sum())
 
@@ -167,14 +169,13 @@ class MeshTokenizer:
             ValueError: empty mesh, non-manifold edges (more than two faces on an edge, when
                 `check_manifold`), no face left after cleaning, or more than `max_faces`.
         """
-        vertices, faces = (
-            (mesh.vertices, mesh.faces) if isinstance(mesh, trimesh.Trimesh) else mesh
-        )
+        vertices, faces = (mesh.vertices, mesh.faces) if isinstance(mesh, trimesh.Trimesh) else mesh
         vertices, faces = np.asarray(vertices), np.asarray(faces)
         if len(faces) == 0 or len(vertices) == 0:
             raise ValueError("the mesh is empty: it has no faces or no vertices")
         if faces.ndim != 2 or faces.shape[1] != 3:
             raise ValueError(f"faces must be (F, 3) triangles, got shape {faces.shape}")
+        normalized = normalize_vertices(vertices)
         if check_manifold:
             _, inv = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
             n_bad = _non_manifold_edges(inv.reshape(-1)[faces])
@@ -183,7 +184,7 @@ class MeshTokenizer:
                     f"the mesh is non-manifold: {n_bad} edges are shared by more than two "
                     "faces (pass check_manifold=False to tokenise it anyway)"
                 )
-        q = quantize(normalize_vertices(vertices), self.n_levels)
+        q = quantize(normalized, self.n_levels)
         v, f = canonicalize(q, faces)
         if len(f) == 0:
             raise ValueError(

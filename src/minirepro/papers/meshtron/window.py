@@ -9,7 +9,9 @@ constant however long the mesh grows ("sliding-window attention at inference").
 The cached keys are handed to the same attention function in *local* coordinates (key 0 is
 the oldest one kept); the sliding-window mask depends only on q - kv, so shifting both
 sides by the same offset leaves it unchanged, and a steady decoding step always asks for
-the same (1 query, W + 1 keys, offset W) BlockMask, built once.
+the same (1 query, W + 1 keys, offset W) BlockMask, built once. A single new token needs
+no mask at all (the cache holds exactly its window), so decoding runs SDPA on the cache;
+chunks of several tokens go through the flex mask.
 """
 
 from __future__ import annotations
@@ -140,6 +142,11 @@ class WindowAttention(Attention):
     def _rolling(self, x: Tensor, inp: MixerInput) -> Tensor:
         q, k, v = self._qkv(x, inp)
         k, v, q_local = inp.cache.update(inp.start_pos, k, v)  # (B, Hkv, T, D), local frame
+        if q.shape[2] == 1:
+            # one new token: the cache holds exactly the keys its window allows, so no
+            # mask is left to apply (tests check this equals the flex window mask)
+            gqa = self.n_head != self.n_kv_head
+            return self._out(F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
         return self._out(self.attn_fn(q, k, v, q_start=q_local))  # (B, H, S, D) inside
 
 

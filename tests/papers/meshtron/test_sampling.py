@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from minirepro.papers.meshtron import (
+    HourglassLM,
+    MeshTokenizer,
+    MeshtronConfig,
+    generate,
+    order_mask,
+    sequence_errors,
+    valid_rate,
+)
+
+
+def _model(tok, window=None):
+    torch.manual_seed(0)
+    cfg = MeshtronConfig(vocab_size=tok.vocab_size, layers=(1, 1, 1, 1, 1), d_model=32,
+                         n_head=2, window=window)  # fmt: skip
+    return HourglassLM(cfg)
+
+
+def test_order_mask_allows_every_token_of_a_canonical_mesh_and_eos_only_at_faces():
+    tok = MeshTokenizer(16)
+    ids = torch.as_tensor(tok.encode(trimesh.creation.icosphere(1)))[None]
+    for p in range(1, ids.shape[1]):
+        allowed = order_mask(ids[:, :p], tok)
+        assert allowed[0, ids[0, p]], p  # the true continuation is never masked
+        assert bool(allowed[0, tok.eos]) == ((p - 1) % 9 == 0 and p > 1)
+        assert not allowed[0, tok.bos] and not allowed[0, tok.pad]
+    assert order_mask(ids[:, :10], tok, max_faces=1)[0].nonzero().flatten().tolist() == [tok.eos]
+
+
+def test_order_mask_forbids_what_breaks_the_order():
+    tok = MeshTokenizer(8)
+    seq = torch.tensor([[tok.bos, 1, 2, 3]])  # v0 = (z1, y2, x3); v1 must be above it
+    allowed = order_mask(seq, tok)[0, : tok.n_levels]
+    assert allowed.nonzero().min() == 1  # z >= 1
+    seq = torch.tensor([[tok.bos, 1, 2, 3, 1, 2]])  # tied on z, y: x must be > 3
+    assert order_mask(seq, tok)[0, : tok.n_levels].nonzero().min() == 4
+
+
+@pytest.mark.parametrize("window", [None, 27])
+def test_robust_sampling_gives_valid_meshes_from_a_random_model(window):
+    tok = MeshTokenizer(16)
+    model = _model(tok, window)
+    g = torch.Generator().manual_seed(0)
+    out = generate(model, tok, 6, 12, robust=True, generator=g)
+    valid = [not sequence_errors(s, tok) for s in out.tokens]
+    # only dead ends (a prefix with no order-respecting continuation) may fail
+    assert sum(valid) >= len(valid) - out.dead_ends and sum(valid) >= 3
+    plain = generate(model, tok, 6, 12, robust=False, generator=torch.Generator().manual_seed(0))
+    assert valid_rate(plain.tokens, tok) < valid_rate(out.tokens, tok)
+
+
+def test_same_seed_same_meshes_and_fixed_length_mode():
+    tok = MeshTokenizer(16)
+    model = _model(tok, 18)
+    a = generate(model, tok, 2, 5, generator=torch.Generator().manual_seed(1))
+    b = generate(model, tok, 2, 5, generator=torch.Generator().manual_seed(1))
+    assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens))
+    fixed = generate(model, tok, 2, 5, robust=False, stop_at_eos=False,
+                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert fixed.n_tokens == 2 * 46 and all(len(s) == 46 for s in fixed.tokens)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, tok, 1, 5, temperature=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        generate(model, MeshTokenizer(32), 1, 5)
