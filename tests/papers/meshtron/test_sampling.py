@@ -62,7 +62,7 @@ def test_same_seed_same_meshes_and_fixed_length_mode():
     assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens))
     fixed = generate(model, tok, 2, 5, robust=False, stop_at_eos=False,
                      generator=torch.Generator().manual_seed(1))  # fmt: skip
-    assert fixed.n_tokens == 2 * 46 and all(len(s) == 46 for s in fixed.tokens)
+    assert fixed.n_tokens == 2 * 45 and all(len(s) == 46 for s in fixed.tokens)
     with pytest.raises(ValueError, match="temperature"):
         generate(model, tok, 1, 5, temperature=0)
     with pytest.raises(ValueError, match="vocab_size"):

@@ -89,7 +89,7 @@ def generation_timings(
     repeats: int = 1,
     seed: int = 0,
 ) -> dict[str, Timing]:
-    """Seconds to decode `batch_size` x (9 max_faces + 1) tokens, alternated.
+    """Seconds to decode `batch_size` x 9 max_faces tokens, alternated.
 
     Plain sampling with EOS masked, so every contender decodes the same number of tokens.
     """

@@ -146,7 +146,7 @@ def generate(
     dead = torch.zeros(batch_size, dtype=torch.bool, device=dev)
     n_tokens = 0
     t0 = time.perf_counter()
-    for _ in range(max_len - 1):
+    for _ in range(max_len - 1 if stop_at_eos else max_len - 2):  # fixed: 9 * max_faces
         logits = model.step(seq[:, -1], state).float() / temperature  # (B, V)
         if robust:
             allowed = order_mask(seq, tok, max_faces)
