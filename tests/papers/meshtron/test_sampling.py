@@ -67,3 +67,41 @@ def test_same_seed_same_meshes_and_fixed_length_mode():
         generate(model, tok, 1, 5, temperature=0)
     with pytest.raises(ValueError, match="vocab_size"):
         generate(model, MeshTokenizer(32), 1, 5)
+
+
+def _completions(n):
+    """All faces (c0 < c1 < c2) over n^3 vertex codes, as (9,) zyx token rows."""
+    import itertools
+
+    codes = list(itertools.combinations(range(n**3), 3))
+    zyx = lambda c: [c // (n * n), c // n % n, c % n]  # noqa: E731
+    return np.array([sum((zyx(c) for c in face), []) for face in codes])
+
+
+def test_order_mask_matches_brute_force_feasibility():
+    """A token is allowed iff some completion of the face is order-respecting and has
+    non-zero area; with no such face left, only EOS."""
+    n = 3
+    tok = MeshTokenizer(n)
+    rows = _completions(n)
+    rows = rows[~_degenerate(rows)]
+    rng = np.random.default_rng(0)
+    # random previous faces, and the last few faces (nothing or little left above them)
+    prevs = [rows[rng.integers(len(rows))] if rng.random() < 0.9 else None for _ in range(300)]
+    for prev in prevs + [rows[-i] for i in range(1, 6) for _ in range(5)]:
+        later = rows if prev is None else rows[[tuple(r) > tuple(prev) for r in rows]]
+        head = [tok.bos] + ([] if prev is None else list(prev))
+        if not len(later):
+            allowed = order_mask(torch.tensor([head]), tok)[0]
+            assert allowed.nonzero().flatten().tolist() == [tok.eos]
+            continue
+        target = later[rng.integers(len(later))]
+        q = int(rng.integers(0, 9))
+        allowed = order_mask(torch.tensor([head + list(target[:q])]), tok)[0, :n].numpy()
+        match = (later[:, :q] == target[:q]).all(1)
+        assert set(np.flatnonzero(allowed).tolist()) == set(later[match, q].tolist()), (prev, q)
+
+
+def _degenerate(rows):
+    v = rows.reshape(-1, 3, 3)
+    return (np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]) == 0).all(1)

@@ -4,9 +4,16 @@ Robust sampling masks the logits so the sequence can only be a canonical mesh
 (`tokenizer.sequence_errors`): within a face each vertex is strictly above the previous one
 in (z, y, x) order, each face is strictly above the previous face, EOS comes only at a
 face boundary after at least one face, BOS/PAD never, and the last coordinate of a face
-never makes it zero-area. Each rule is a lexicographic
-lower bound that binds only while the prefix still ties the bound, so it is a few
-comparisons per step on (B, vocab) masks.
+never makes it zero-area.
+
+Each vertex, read as the code c = (z n + y) n + x, must lie in an interval [lo, hi] set by
+what came before, chosen so that a valid completion always remains (lookahead): v0 stays
+off the last (z, y) row (above it every point is on one line) and v1 <= N-2 leaves room
+(N = n^3 codes); v0 may tie the previous face's first vertex only if the previous face
+leaves room to exceed it, and so on. A token is allowed when some completion of the vertex
+it starts or continues lands in the interval; v2 never enters the row holding v0 and v1.
+A rare corner (a face tied with the previous one on v0 and v1 whose only larger v2 is on
+their line) can still leave no token; `generate` ends such a row and counts a dead end.
 """
 
 from __future__ import annotations
@@ -24,11 +31,34 @@ from minirepro.papers.meshtron.tokenizer import MeshTokenizer
 __all__ = ["Generation", "generate", "order_mask"]
 
 
-def _bound(allowed: Tensor, tied: Tensor, bound: Tensor, strict: bool) -> Tensor:
-    """Where `tied`, keep only tokens >= bound (> bound if strict). allowed: (B, V)."""
-    t = torch.arange(allowed.shape[1], device=allowed.device)[None]  # (1, V)
-    ok = t > bound[:, None] if strict else t >= bound[:, None]
-    return allowed & (ok | ~tied[:, None])
+def _vertex_bounds(cur: Tensor, prev: Tensor | None, slot: int, n: int) -> tuple[Tensor, Tensor]:
+    """Inclusive code interval (B,), (B,) of vertex `slot` (0, 1, 2) of the current face.
+
+    cur: (B, >= 3 slot) the face so far; prev: (B, 9) the previous face or None.
+    """
+    N = n**3
+    code = lambda t: (t[:, 0] * n + t[:, 1]) * n + t[:, 2]  # noqa: E731  (B, 3) -> (B,)
+    c = [code(cur[:, 3 * i : 3 * i + 3]) for i in range(slot)]
+    p = [code(prev[:, 3 * i : 3 * i + 3]) for i in range(3)] if prev is not None else None
+    hi = torch.full((cur.shape[0],), N - 3 + slot, dtype=torch.long, device=cur.device)
+    if slot == 0:
+        hi = hi.fill_(N - n - 1)  # off the last (z, y) row: above it everything is collinear
+        lo = torch.zeros_like(hi)
+        if p is not None:  # tie p0 only if (p1, p2) can still be exceeded
+            tie_ok = ~((p[1] == N - 2) & (p[2] == N - 1))
+            lo = torch.where(tie_ok, p[0], p[0] + 1)
+        return lo, hi
+    lo = c[slot - 1] + 1
+    if p is not None:
+        tied = torch.ones_like(lo, dtype=torch.bool)
+        for i in range(slot):
+            tied &= c[i] == p[i]
+        if slot == 1:  # tie p1 only if p2 can still be exceeded
+            need = torch.where(p[2] < N - 1, p[1], p[1] + 1)
+        else:
+            need = p[2] + 1
+        lo = torch.where(tied, torch.maximum(lo, need), lo)
+    return lo, hi
 
 
 def order_mask(seq: Tensor, tok: MeshTokenizer, max_faces: int | None = None) -> Tensor:
@@ -45,24 +75,36 @@ def order_mask(seq: Tensor, tok: MeshTokenizer, max_faces: int | None = None) ->
     B, P = seq.shape
     if P < 1:
         raise ValueError("seq must hold at least BOS")
+    n = tok.n_levels
     q, f = (P - 1) % 9, (P - 1) // 9  # position in the face, faces completed
     allowed = torch.zeros(B, tok.vocab_size, dtype=torch.bool, device=seq.device)
     if q == 0 and f >= 1:
         allowed[:, tok.eos] = True
         if max_faces is not None and f >= max_faces:
             return allowed
-    allowed[:, : tok.n_levels] = True
     cur = seq[:, P - q :]  # (B, q) the face so far
-    if f >= 1:  # face > previous face, lexicographically over 9 tokens
-        prev = seq[:, P - q - 9 : P - q]  # (B, 9)
-        tied = (cur == prev[:, :q]).all(1)
-        allowed[:, : tok.n_levels] = _bound(allowed[:, : tok.n_levels], tied, prev[:, q], q == 8)
-    if q >= 3:  # vertex > previous vertex of the face, over 3 tokens
-        r = q % 3
-        tied = (cur[:, q - r : q] == cur[:, q - r - 3 : q - 3]).all(1)
-        allowed[:, : tok.n_levels] = _bound(allowed[:, : tok.n_levels], tied, cur[:, q - 3], r == 2)
+    prev = seq[:, P - q - 9 : P - q] if f >= 1 else None  # (B, 9)
+    slot, k = divmod(q, 3)  # vertex of the face, coordinate of the vertex
+    lo, hi = _vertex_bounds(cur, prev, slot, n)
+    # codes reachable after this token: [base + t * step, base + (t + 1) * step - 1]
+    step = n ** (2 - k)
+    base = torch.zeros(B, dtype=torch.long, device=seq.device)
+    for j in range(k):
+        base = base + cur[:, 3 * slot + j] * n ** (2 - j)
+    t = torch.arange(n, device=seq.device)[None]  # (1, n)
+    first = base[:, None] + t * step
+    last = first + step - 1
+    allowed[:, :n] = torch.maximum(first, lo[:, None]) <= torch.minimum(last, hi[:, None])
+    if q in (6, 7):  # v2 must not enter the (z, y) row that holds both v0 and v1
+        same_row = (cur[:, 0] == cur[:, 3]) & (cur[:, 1] == cur[:, 4])  # (B,)
+        if q == 6:  # the row is the top one of its z: that z leaves v2 only that row
+            blocked = same_row & (cur[:, 1] == n - 1)
+            allowed[blocked, cur[blocked, 0]] = False
+        else:
+            blocked = same_row & (cur[:, 6] == cur[:, 0])
+            allowed[blocked, cur[blocked, 1]] = False
     if q == 8:  # the last coordinate must not make the face zero-area (collinear)
-        allowed[:, : tok.n_levels] &= ~_collinear_x(cur, tok.n_levels)
+        allowed[:, :n] &= ~_collinear_x(cur, n)
     return allowed
 
 
