@@ -98,7 +98,7 @@ class Config:
     n_head: int = 4
     layers: tuple[int, ...] = (1, 1, 2, 1, 1)
     window_faces: int = 24
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 8
     lr: float = 3e-3
     full_steps: int = 150
