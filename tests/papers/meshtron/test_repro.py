@@ -3,10 +3,11 @@ import math
 
 import numpy as np
 import pytest
+import trimesh
 from typer.testing import CliRunner
 
 from minirepro import cli
-from minirepro.papers.meshtron import PRESETS, make_dataset
+from minirepro.papers.meshtron import PRESETS, dataset_from_meshes, make_dataset
 from minirepro.papers.meshtron.repro import CLAIMS, Config, results
 from minirepro.papers.meshtron.tokenizer import MeshTokenizer
 
@@ -41,6 +42,20 @@ def test_dataset_holds_20_to_300_face_primitives():
     assert min(faces) >= 20 and max(faces) <= 300
     assert all(len(e.tokens) == 2 + 9 * e.n_faces for e in ds.examples)
     assert all(e.points.shape == (32, 3) and np.abs(e.points).max() <= 0.5 for e in ds.examples)
+
+
+def test_a_users_own_mesh_files_make_a_dataset(tmp_path):
+    tok = MeshTokenizer(64)
+    box = tmp_path / "box.obj"
+    trimesh.creation.box().export(box)
+    ds = dataset_from_meshes([box, trimesh.creation.icosphere(1)], tok, n_points=16)
+    assert [e.n_faces for e in ds.examples] == [12, 80]
+    bad = tmp_path / "bad.ply"
+    bad.write_text("not a ply")
+    with pytest.raises(ValueError, match="bad.ply"):
+        dataset_from_meshes([bad], tok)
+    with pytest.raises(ValueError, match="mesh 0: the mesh is empty"):
+        dataset_from_meshes([trimesh.Trimesh()], tok)
 
 
 def test_bad_config_is_rejected():

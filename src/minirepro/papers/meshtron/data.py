@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,16 +19,18 @@ import trimesh
 from torch import Tensor
 
 from minirepro.papers.meshtron.conditioning import sample_points
-from minirepro.papers.meshtron.tokenizer import MeshTokenizer, dequantize
+from minirepro.papers.meshtron.tokenizer import MeshTokenizer, dequantize, load_mesh
 
 __all__ = [
     "PRIMITIVES",
     "MeshDataset",
     "MeshExample",
+    "dataset_from_meshes",
     "face_windows",
     "full_batch",
     "make_dataset",
     "make_primitive",
+    "mesh_example",
     "random_transform",
 ]
 
@@ -116,16 +119,51 @@ def make_dataset(
         kind = str(rng.choice(list(kinds)))
         mesh = random_transform(make_primitive(kind, rng), rng)
         try:
-            v, f = tok.quantized(mesh)
+            example = mesh_example(mesh, tok, n_points, int(rng.integers(2**31)), kind)
         except ValueError:  # everything collapsed at this resolution
             continue
-        if not lo <= len(f) <= hi:
-            continue
-        tokens = tok.encode_quantized(v, f)
-        canon = trimesh.Trimesh(dequantize(v, tok.n_levels), f, process=False)
-        pts = sample_points(canon, n_points, seed=int(rng.integers(2**31)))
-        out.append(MeshExample(tokens, pts, len(f), kind))
+        if lo <= example.n_faces <= hi:
+            out.append(example)
     return MeshDataset(out, tok)
+
+
+def mesh_example(
+    mesh: trimesh.Trimesh, tok: MeshTokenizer, n_points: int, seed: int, kind: str = "mesh"
+) -> MeshExample:
+    """Tokens, a point cloud sampled from the canonical (quantised) surface, face count.
+
+    Raises:
+        ValueError: the mesh cannot be tokenised (see `MeshTokenizer.quantized`).
+    """
+    v, f = tok.quantized(mesh)
+    canon = trimesh.Trimesh(dequantize(v, tok.n_levels), f, process=False)
+    points = sample_points(canon, n_points, seed=seed)
+    return MeshExample(tok.encode_quantized(v, f), points, len(f), kind)
+
+
+def dataset_from_meshes(
+    meshes: Sequence[trimesh.Trimesh | str | Path],
+    tok: MeshTokenizer,
+    *,
+    n_points: int = 256,
+    seed: int = 0,
+) -> MeshDataset:
+    """A dataset of a user's own meshes (trimesh objects or .obj/.glb/.ply paths).
+
+    Raises:
+        ValueError: a mesh cannot be read or tokenised; the message names it.
+    """
+    examples = []
+    for i, m in enumerate(meshes):
+        name = str(m) if isinstance(m, (str, Path)) else f"mesh {i}"
+        mesh = load_mesh(m) if isinstance(m, (str, Path)) else m
+        try:
+            examples.append(mesh_example(mesh, tok, n_points, seed + i, kind=name))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+    if not examples:
+        raise ValueError("no meshes given")
+    return MeshDataset(examples, tok)
 
 
 def _pad(rows: list[np.ndarray], value: int) -> Tensor:
