@@ -63,6 +63,10 @@ def test_bad_config_is_rejected():
         Config(window_faces=400)
     with pytest.raises(ValueError, match="levels"):
         Config(layers=(1, 1))
+    with pytest.raises(ValueError, match="n_levels"):
+        Config(n_levels=1)
+    with pytest.raises(ValueError, match="faces"):
+        Config(faces=(300, 20))
 
 
 def test_smoke_run_through_the_cli(tmp_path):

@@ -124,6 +124,9 @@ class Config:
             )
         if self.n_test < 1 or self.gen_batch < 1 or self.batch_size < 1:
             raise ValueError("n_test, gen_batch and batch_size must be >= 1")
+        if not 1 <= self.faces[0] <= self.faces[1]:
+            raise ValueError(f"faces must be (min, max) with 1 <= min <= max, got {self.faces}")
+        MeshTokenizer(self.n_levels)  # validates n_levels
         self.model_config(self.n_levels + 3)  # validates layers, window
 
     def model_config(self, vocab_size: int, **changes) -> MeshtronConfig:
