@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from minirepro.papers.flexattn import create_block_mask, flex_attention, make_sliding_window
+from minirepro.papers.flexattn.masks import offset_mask
 from minirepro.papers.meshtron import HourglassLM, MeshtronConfig, RollingKVCache
 
 V = 40  # 37 coordinate levels + BOS, EOS, PAD
@@ -97,13 +98,9 @@ def test_rolling_cache_chunks_match_flex_with_the_window_mask():
     outs, start = [], 0
     for S in (5, 1, 9, 3, 11):
         kk, vv, q0 = cache.update(start, k[:, :, start : start + S], v[:, :, start : start + S])
-        m = create_block_mask(make_sliding_window(W), None, None, S, kk.shape[2], BLOCK_SIZE=8)
-        # local frame: queries start at q0
-        from minirepro.papers.flexattn.masks import offset_mask
-
-        m = create_block_mask(
-            offset_mask(make_sliding_window(W), q0), None, None, S, kk.shape[2], BLOCK_SIZE=8
-        )
+        # the cache's local frame: its first kept key is 0, the new queries start at q0
+        window = offset_mask(make_sliding_window(W), q0)
+        m = create_block_mask(window, None, None, S, kk.shape[2], BLOCK_SIZE=8)
         outs.append(flex_attention(q[:, :, start : start + S], kk, vv, block_mask=m))
         start += S
     torch.testing.assert_close(torch.cat(outs, 2), ref, atol=1e-5, rtol=1e-5)
