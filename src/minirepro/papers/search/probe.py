@@ -169,12 +169,17 @@ def _radius(recall: np.ndarray, fpr: float, threshold: float) -> int:
 def radius_growth(radius: np.ndarray | list[int], max_distance: int) -> float:
     """Geometric-mean growth factor of the radius per layer, before it saturates.
 
-    Uses consecutive layers (l, l+1) with 1 <= radius[l] < max_distance: the radius is
-    still growing from a known start and has room to grow. 2.0 means it doubles per
-    layer (the paper's path-merging); NaN when no such pair exists.
+    Uses consecutive layers (l, l+1) with radius[l] >= 1 (a known start). A step that
+    reaches `max_distance` (the largest distance in the test graphs) is censored: the
+    radius could not grow further, so it counts only if it at least doubled. 2.0 means
+    the radius doubles per layer (the paper's path-merging); NaN when no step counts.
     """
     r = [int(x) for x in radius]
-    ratios = [b / a for a, b in zip(r, r[1:]) if 1 <= a < max_distance]
+    ratios = [
+        b / a
+        for a, b in zip(r, r[1:])
+        if 1 <= a < max_distance and (b < max_distance or b >= 2 * a)
+    ]
     if not ratios:
         return float("nan")
     return float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-9)))))
