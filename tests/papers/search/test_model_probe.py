@@ -47,20 +47,12 @@ def test_model_with_onehot_input_trains_every_parameter():
     [
         (dict(embedding="onehot", d_model=16, tie_embeddings=False), "d_model >= vocab_size"),
         (dict(embedding="onehot", d_model=64, tie_embeddings=True), "tie_embeddings=False"),
-        (dict(embedding="sinusoid", d_model=64), "unknown embedding 'sinusoid'"),
     ],
 )
-def test_bad_embeddings_are_named(kwargs, match):
+def test_bad_onehot_models_are_named(kwargs, match):
     cfg = ModelConfig(vocab_size=10, n_head=1, max_seq_len=20, **kwargs)
     with pytest.raises(ValueError, match=match):
         Transformer(cfg)
-
-
-def test_learned_embedding_is_still_the_default():
-    model = Transformer(ModelConfig(vocab_size=10, d_model=16, n_head=2, n_layer=1))
-    assert isinstance(model.embed, torch.nn.Embedding)
-    assert model.lm_head.weight is model.embed.weight
-    assert "embed.weight" in model.state_dict()
 
 
 def _hand_built_states(batch, size, radii, d, seed=0):
