@@ -15,7 +15,7 @@ from minirepro.papers.search import (
     radius_growth,
     reachability_probe,
 )
-from minirepro.tasks.dag_search import SearchVocab, all_distances, generate_batch
+from minirepro.tasks.dag_search import SearchVocab, generate_batch
 
 
 def test_onehot_embedding_is_token_and_position_one_hot():
@@ -55,6 +55,26 @@ def test_bad_onehot_models_are_named(kwargs, match):
         Transformer(cfg)
 
 
+def _prefix_distances(tokens, vocab):
+    """Per edge token: BFS distances from its v over the edges listed so far (loops)."""
+    out = []
+    for row in tokens:
+        children: dict[int, list[int]] = {}
+        for p in range(2, len(row)):
+            if row[p - 2] != vocab.edge:
+                continue
+            children.setdefault(int(row[p - 1]), []).append(int(row[p]))
+            d = np.full(vocab.n_ids + 1, -1)
+            d[row[p]], frontier, k = 0, [int(row[p])], 0
+            while frontier:
+                k += 1
+                frontier = [c for f in frontier for c in children.get(f, []) if d[c] < 0]
+                for c in frontier:
+                    d[c] = k
+            out.append(d)
+    return np.array(out)
+
+
 def _hand_built_states(batch, size, radii, d, seed=0):
     """States whose edge-target positions hold exactly the vertices within radius r of v
     (through a random linear map), one list entry per radius; noise elsewhere."""
@@ -63,7 +83,7 @@ def _hand_built_states(batch, size, radii, d, seed=0):
     g = np.random.default_rng(seed)
     mix = g.normal(size=(V, d))
     rows, pos, v = edge_target_positions(batch.tokens, vocab)
-    dist = all_distances(batch.adjacency)[rows, v]  # (N, V)
+    dist = _prefix_distances(batch.tokens, vocab)  # (N, V)
     states = []
     for r in radii:
         h = g.normal(size=(*batch.tokens.shape, d))

@@ -30,6 +30,7 @@ from minirepro.papers.search.probe import (
     ProbeResult,
     edge_target_positions,
     layer_states,
+    probe_targets,
     radius_growth,
     reachability_probe,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "make_search_model",
     "next_vertex_loss",
     "predict",
+    "probe_targets",
     "radius_growth",
     "reachability_probe",
     "results",

@@ -2,7 +2,8 @@
 
 For every edge ``E u v`` of an input, the probe reads the residual stream at the position of
 the token ``v`` after each layer and predicts, for every vertex id w, whether w is reachable
-from v. A least-squares (ridge) linear map per layer is fitted on one set of examples and
+from v through the edges listed so far (this edge and those before it: a causal model
+cannot know about later ones). A least-squares (ridge) linear map per layer is fitted on one set of examples and
 scored on another. For each distance d, the recall is the fraction of vertices at exactly d
 edges from v that the probe marks reachable; the false-positive rate is over the graph's
 vertices not reachable from v. The *reachable radius* of a layer is the largest d such that
@@ -26,6 +27,7 @@ __all__ = [
     "ProbeResult",
     "edge_target_positions",
     "layer_states",
+    "probe_targets",
     "radius_growth",
     "reachability_probe",
 ]
@@ -90,9 +92,23 @@ class ProbeResult:
         return int(nz[-1] + 1) if len(nz) else 0
 
 
-def _targets(batch: SearchBatch, vocab: SearchVocab):
+def probe_targets(batch: SearchBatch, vocab: SearchVocab) -> tuple[np.ndarray, ...]:
+    """What the probe should read at each edge-target token.
+
+    Returns:
+        rows, pos: (N,) the example and position of every edge's ``v`` token.
+        dist: (N, V) distance from v to each vertex id in the graph of the edges up to
+            and including this one; -1 where unreachable.
+        in_graph: (N, V) the vertex ids of the whole graph.
+    """
     rows, pos, v = edge_target_positions(batch.tokens, vocab)
-    dist = all_distances(batch.adjacency)[rows, v]  # (N, V): distance from v to each id
+    u = batch.tokens[rows, pos - 1]
+    V = vocab.n_ids + 1
+    prefix = np.zeros((len(rows), V, V), dtype=bool)
+    first = np.searchsorted(rows, rows)  # index of the row's first edge (rows are sorted)
+    for i in range(len(rows)):
+        prefix[i, u[first[i] : i + 1], v[first[i] : i + 1]] = True
+    dist = all_distances(prefix)[np.arange(len(rows)), v]  # (N, V)
     in_graph = batch.adjacency.any(1) | batch.adjacency.any(2)  # (B, V)
     return rows, pos, dist, in_graph[rows]
 
@@ -130,8 +146,8 @@ def reachability_probe(
     if not 0.5 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0.5, 1], got {threshold}")
     vocab = SearchVocab(max_input_size)
-    tr_rows, tr_pos, tr_dist, _ = _targets(train_batch, vocab)
-    te_rows, te_pos, te_dist, te_in = _targets(test_batch, vocab)
+    tr_rows, tr_pos, tr_dist, _ = probe_targets(train_batch, vocab)
+    te_rows, te_pos, te_dist, te_in = probe_targets(test_batch, vocab)
     y = (tr_dist >= 1).astype(np.float64)  # (N, V) reachable in >= 1 edge
     max_d = vocab.n_ids
     recall = np.zeros((len(train_states), max_d))
