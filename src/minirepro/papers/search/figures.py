@@ -29,13 +29,19 @@ def plot_accuracy(rows: list[dict]):
 
 
 def plot_sweep(rows: list[dict], cfg):
-    """Balanced test accuracy vs input size at the base and the wider width."""
+    """Balanced test accuracy vs input size at the base and the wider width (the sweep's
+    runs; the main run stands in for its point only when the sweep trains as long)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    widths = sorted({r["d_model"] for r in rows if r["role"] in ("main", "sweep")})
-    for w in widths:
-        pts = {}
-        for r in rows:
-            if r["role"] in ("main", "sweep") and r["d_model"] == w:
+    sweep = [r for r in rows if r["role"] == "sweep"]
+    covered = {(r["max_input_size"], r["d_model"], r["seed"]) for r in sweep}
+    sweep += [
+        r for r in rows
+        if r["role"] == "main" and (r["max_input_size"], r["d_model"], r["seed"]) not in covered
+    ]  # fmt: skip
+    for w in sorted({r["d_model"] for r in sweep}):
+        pts: dict[int, list[float]] = {}
+        for r in sweep:
+            if r["d_model"] == w:
                 pts.setdefault(r["max_input_size"], []).append(r["acc_balanced"])
         sizes = sorted(pts)
         mean = [np.mean(pts[z]) for z in sizes]
