@@ -141,10 +141,18 @@ def test_bad_requests_are_named(kwargs, match):
 
 
 def test_too_small_input_is_rejected():
-    with pytest.raises(ValueError, match="max_input_size"):
-        generate_batch(4, 10)
+    with pytest.raises(ValueError, match="max_input_size must be an int >= 17"):
+        generate_batch(4, 16)
     with pytest.raises(ValueError, match="batch_size"):
         generate_batch(0, 32)
+    with pytest.raises(ValueError, match="max_edges=1 .* no room for naive graphs"):
+        generate_batch(4, 32, "naive", max_edges=1)
+    with pytest.raises(ValueError, match="no room for dfs traces"):
+        generate_trace_batch(4, 32, "dfs", max_edges=1)
+    for size in (17, 18, 19):  # the smallest sizes work for every generator
+        assert len(generate_batch(8, size, "naive", rng=0)) == 8
+        assert len(generate_batch(8, size, "balanced", rng=0)) == 8
+        assert len(generate_trace_batch(8, size, "si", rng=0)) == 8
 
 
 def test_trace_valid_next_on_a_hand_built_graph():

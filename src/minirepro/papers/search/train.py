@@ -9,7 +9,7 @@ vertex drawn from the answer set, as in the reference.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +50,6 @@ class SearchTrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         vocab = SearchVocab(self.max_input_size)

@@ -138,7 +138,9 @@ def generate_batch(
 
 def _sample_graphs(rng, vocab, distribution, lookaheads, max_edges, n):
     n_ids, graphs, wanted = vocab.n_ids, [], []
-    while len(graphs) < n:
+    for _ in range(1000 * n + 1000):
+        if len(graphs) == n:
+            break
         if distribution == "naive":
             edges, s, g = sample_naive_graph(rng, n_ids, int(rng.integers(3, n_ids)))
             L = -1
@@ -149,6 +151,11 @@ def _sample_graphs(rng, vocab, distribution, lookaheads, max_edges, n):
             continue
         graphs.append((edges, s, g))
         wanted.append(L)
+    else:
+        raise ValueError(
+            f"max_edges={max_edges} and max_input_size={vocab.max_input_size} leave no room "
+            f"for {distribution} graphs (nearly every sampled graph was too large)"
+        )
     return graphs, np.array(wanted)
 
 

@@ -76,7 +76,9 @@ def generate_trace_batch(
     rng = numpy_rng(rng)
     V = vocab.n_ids + 1
     rows: dict[str, list] = {k: [] for k in SearchBatch.__dataclass_fields__}
-    while len(rows["tokens"]) < batch_size:
+    for _ in range(1000 * batch_size + 1000):
+        if len(rows["tokens"]) == batch_size:
+            break
         edges, s, g = sample_naive_graph(rng, vocab.n_ids, int(rng.integers(3, vocab.n_ids)))
         if len(edges) > max_edges:
             continue
@@ -114,4 +116,9 @@ def generate_trace_batch(
             ("path_len", len(prefix)),
         ]:  # fmt: skip
             rows[key].append(value)
+    else:
+        raise ValueError(
+            f"max_edges={max_edges} and max_input_size={max_input_size} leave no room for "
+            f"{kind} traces (nearly every sampled graph was too large)"
+        )
     return SearchBatch(**{k: np.array(v) for k, v in rows.items()})

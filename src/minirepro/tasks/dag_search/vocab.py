@@ -30,9 +30,9 @@ class SearchVocab:
     max_input_size: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_input_size, int) or self.max_input_size < 14:
+        if not isinstance(self.max_input_size, int) or self.max_input_size < 17:
             raise ValueError(
-                f"max_input_size must be an int >= 14 (3 vertex ids, room for a graph), "
+                f"max_input_size must be an int >= 17 (4 vertex ids, room for a graph), "
                 f"got {self.max_input_size!r}"
             )
 
