@@ -21,6 +21,7 @@ def plot_accuracy(rows: list[dict]):
             ax.plot(la, [r["acc_by_lookahead"][k] for k in la], "o-", color=color, alpha=0.7,
                     label=label)  # fmt: skip
     ax.axhline(0.9, color="grey", ls=":", lw=1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("lookahead of the test example")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
@@ -47,6 +48,7 @@ def plot_sweep(rows: list[dict], cfg):
         mean = [np.mean(pts[z]) for z in sizes]
         std = [np.std(pts[z]) for z in sizes]
         ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3, label=f"d_model={w}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("max input size (tokens)")
     ax.set_ylabel("accuracy (balanced test set)")
     ax.set_ylim(0, 1.02)
@@ -74,6 +76,8 @@ def plot_probe(rows: list[dict]):
         layers = np.arange(1, len(rows[0]["probe"]["radius"]))
         b.plot(layers, np.minimum(2.0 ** (layers - 1), p["max_distance"]), "k--", lw=1,
                label="2^(layer-1)")  # fmt: skip
+        b.xaxis.get_major_locator().set_params(integer=True)
+        a.xaxis.get_major_locator().set_params(integer=True)
         b.set_xlabel("layer (0 = embedding)")
         b.set_ylabel("reachable radius")
         b.legend(fontsize=7)
