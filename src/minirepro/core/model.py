@@ -1,13 +1,15 @@
 """A small Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache.
 
-Two things are pluggable, by name, so papers can swap them without touching this file:
+Three things are pluggable, by name, so papers can swap them without touching this file:
 
 - the *attention function* used by the attention mixer (`register_attention`): SDPA by
   default, an explicit-softmax `eager` reference, FlexAttention once `minirepro.papers.flexattn`
   registers it;
 - the *token mixer* of each layer (`register_mixer`): attention by default; a recurrent mixer
   (rnn) or a state-space mixer (hybrid) registers its own. `ModelConfig.mixer` may name one
-  mixer for all layers or one per layer.
+  mixer for all layers or one per layer;
+- the *input embedding* (`register_embedding`): a learned table by default; the search paper
+  registers the one-hot token-and-position embedding of its reference.
 
 Weights convert to and from HF `LlamaForCausalLM` (`minirepro.core.hf_llama`: `to_hf`,
 `from_hf`), so the forward pass is tested against transformers' and the real SmolLM2 loads
@@ -41,6 +43,7 @@ class ModelConfig:
     `mixer` is a registered token-mixer name, or a tuple of names, one per layer.
     `attention` is a registered attention-function name; `mask` names the mask it applies
     ("causal" everywhere; other names, e.g. "sliding_window_64", where the function knows them).
+    `embedding` is a registered input-embedding name ("learned": `nn.Embedding`).
     """
 
     vocab_size: int = 256
@@ -59,6 +62,7 @@ class ModelConfig:
     mask: str = "causal"
     mixer_kwargs: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02
+    embedding: str = "learned"
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -331,6 +335,41 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, S, self.n_head * self.head_dim))
 
 
+EmbeddingFactory = Callable[[ModelConfig], nn.Module]
+_EMBEDDINGS: dict[str, EmbeddingFactory] = {
+    "learned": lambda cfg: nn.Embedding(cfg.vocab_size, cfg.d_model)
+}
+
+
+def register_embedding(name: str, factory: EmbeddingFactory) -> None:
+    """Register an input embedding: `factory(cfg) -> nn.Module`.
+
+    The module maps token ids (B, S) to (B, S, d_model); if it sets
+    ``takes_positions = True`` it is called as ``module(idx, positions)`` with the positions
+    (S,) or (B, S) of the tokens. Tied output weights (`tie_embeddings`) need a ``weight``
+    parameter of shape (vocab_size, d_model).
+    """
+    _EMBEDDINGS[name] = factory
+
+
+def make_embedding(cfg: ModelConfig) -> nn.Module:
+    if cfg.embedding not in _EMBEDDINGS:
+        raise ValueError(
+            f"unknown embedding {cfg.embedding!r}; registered: {sorted(_EMBEDDINGS)}. "
+            "A paper's embedding is registered when its package is imported "
+            "(e.g. `import minirepro.papers.search` for 'onehot')."
+        )
+    module = _EMBEDDINGS[cfg.embedding](cfg)
+    if cfg.tie_embeddings:
+        w = getattr(module, "weight", None)
+        if not isinstance(w, nn.Parameter) or tuple(w.shape) != (cfg.vocab_size, cfg.d_model):
+            raise ValueError(
+                f"embedding {cfg.embedding!r} has no (vocab_size, d_model) weight to tie the "
+                "output layer to; set tie_embeddings=False"
+            )
+    return module
+
+
 MixerFactory = Callable[[ModelConfig, int], nn.Module]
 _MIXERS: dict[str, MixerFactory] = {"attention": Attention}
 
@@ -413,7 +452,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = make_embedding(cfg)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -435,12 +474,12 @@ class Transformer(nn.Module):
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights counted once
-        return n - self.embed.weight.numel() if exclude_embeddings else n
+        return n - sum(p.numel() for p in self.embed.parameters()) if exclude_embeddings else n
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
         """Empty decoding state for `batch_size` sequences of up to `max_len` positions."""
         max_len = max_len or self.cfg.max_seq_len
-        p = self.embed.weight
+        p = self.lm_head.weight
         layers = [b.mixer.new_cache(batch_size, max_len, p.device, p.dtype) for b in self.layers]
         return Cache(layers, max_len)
 
@@ -471,11 +510,14 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + S} positions exceeds the limit of {limit}")
         if S and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size})")
-        x = self.embed(idx)  # (B, S, d_model)
         mask, positions = None, torch.arange(start, start + S, device=idx.device)
         if document_ids is not None or (cache is not None and cache.doc_ids is not None):
             layout = self._document_layout(idx, cache, document_ids)
             mask, positions = layout.mask, layout.positions  # (B, 1, S, T), (B, S)
+        if getattr(self.embed, "takes_positions", False):
+            x = self.embed(idx, positions)  # (B, S, d_model)
+        else:
+            x = self.embed(idx)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         if mask is not None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
