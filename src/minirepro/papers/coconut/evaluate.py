@@ -5,15 +5,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from minirepro.core.tokenizer import WordTokenizer
+from minirepro.core.train import lm_loss
 from minirepro.papers.coconut.curriculum import (
     Curriculum,
+    collate,
     inference_prompt,
+    stage_example,
     tokenize_record,
 )
 from minirepro.papers.coconut.latent import Coconut
 
-__all__ = ["evaluate", "extract_answer"]
+__all__ = ["answer_loss", "evaluate", "extract_answer"]
+
+
+@torch.no_grad()
+def answer_loss(
+    net: Coconut,
+    tok: WordTokenizer,
+    records: Sequence[dict[str, Any]],
+    method: str,
+    cur: Curriculum,
+    batch_size: int = 125,
+) -> float:
+    """Mean cross-entropy of the learned tokens of the method's final-stage sequences
+    (for CoT the steps and the answer, else the answer), teacher-forced."""
+    net.eval()
+    final = cur.max_latent_stage + 1
+    total, count = 0.0, 0
+    for lo in range(0, len(records), batch_size):
+        recs = [tokenize_record(tok, r) for r in records[lo : lo + batch_size]]
+        x, y, d = collate([stage_example(r, method, final, cur, tok) for r in recs], tok.pad_id)
+        n = int((y != -100).sum())
+        total += float(lm_loss(net, (x, y, d))) * n
+        count += n
+    return total / max(1, count)
 
 
 def extract_answer(tok: WordTokenizer, generated: Sequence[int]) -> list[int]:

@@ -24,7 +24,7 @@ from minirepro.papers.coconut.curriculum import (
     check_method,
     tokenize_record,
 )
-from minirepro.papers.coconut.evaluate import evaluate
+from minirepro.papers.coconut.evaluate import answer_loss, evaluate
 from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
 from minirepro.tasks.prosqa import ProsQAConfig, generate_prosqa, load_prosqa
 
@@ -61,7 +61,9 @@ class Config:
         lr, batch_size, precision: Optimisation (`TrainSettings`).
         train_path, test_path: The reference's ProsQA JSON files, used instead of
             generated problems when given (``data/prosqa_train.json``, ``..._test.json``).
-        threads: torch intra-op threads (None leaves the setting).
+        threads: torch intra-op threads (None leaves the setting). One by default: the
+            matrices are tiny, and a second thread only added synchronisation (0.2 s vs
+            0.4-1.0 s per step on a loaded 2-core machine, NOTES.md).
     """
 
     seeds: tuple[int, ...] = (0, 1)
@@ -82,7 +84,7 @@ class Config:
     precision: str = "fp32"
     train_path: str | None = None
     test_path: str | None = None
-    threads: int | None = None
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -115,8 +117,8 @@ class Config:
 PRESETS = {
     # seconds: small graphs, a few steps per stage; checks the pipeline and that it learns
     "smoke": Config(
-        seeds=(0,), n_train=300, n_test=40, n_nodes=(7, 9), n_steps=(2, 3), d_model=32,
-        max_latent_stage=3, steps_per_stage=12, final_steps=24, batch_size=16,
+        seeds=(0,), n_train=200, n_test=30, n_nodes=(7, 9), n_steps=(2, 3), d_model=32,
+        max_latent_stage=2, steps_per_stage=8, final_steps=16, batch_size=16, lr=3e-3,
     ),
     # <= 5 minutes on 2 cores, all five methods x 2 seeds: see NOTES.md for the sizing
     "quick": Config(
@@ -170,13 +172,16 @@ def run_seed(cfg: Config, seed: int, out: RunDir) -> dict[str, Any]:
     for method in out.track(cfg.methods, f"seed {seed}"):
         t0 = time.perf_counter()
         net = make_model(method, tok, model_cfg, seed=seed)
+        loss0 = answer_loss(net, tok, test_recs[:100], method, cur)
         hist = train_method(net, tok_train, method, cur, tok, cfg.settings(), seed=seed)
         t_train = time.perf_counter() - t0
         ev = evaluate(net, tok, test_recs, method, cur)
         row[method] = {k: ev[k] for k in ("accuracy", "tokens_per_answer")}
         out.log(
             seed=seed, method=method, train_s=t_train, eval_s=time.perf_counter() - t0 - t_train,
-            final_loss=hist[-1]["loss"], example_output=ev["outputs"][0], **row[method],
+            train_loss=hist[-1]["loss"], heldout_loss_untrained=loss0,
+            heldout_loss=answer_loss(net, tok, test_recs[:100], method, cur),
+            example_output=ev["outputs"][0], **row[method],
         )  # fmt: skip
         if method == "coconut":
             row["frontier"] = frontier_analysis(net, tok, test_recs, cur)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from minirepro.core.model import ModelConfig, Transformer
+from minirepro.core.precision import check_precision
 from minirepro.core.tokenizer import WordTokenizer
 from minirepro.core.train import TrainConfig, train
 from minirepro.papers.coconut.curriculum import (
@@ -49,6 +50,13 @@ class TrainSettings:
     batch_size: int = 32
     grad_clip: float | None = 1.0
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if not self.lr > 0 or self.batch_size < 1:
+            raise ValueError(
+                f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}"
+            )
 
 
 def make_model(
