@@ -8,8 +8,10 @@ BFS analysis of Coconut's thoughts.
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,7 @@ from minirepro.papers.coconut.evaluate import answer_loss, evaluate
 from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
 from minirepro.tasks.prosqa import ProsQAConfig, generate_prosqa, load_prosqa
 
-__all__ = ["CLAIMS", "PAPER_ACCURACY", "PRESETS", "Config", "results", "run"]
+__all__ = ["CLAIMS", "PAPER_ACCURACY", "PRESETS", "Config", "results", "run", "run_job"]
 
 PAPER_ACCURACY = {  # ProsQA, GPT-2 (Table 1)
     "coconut": 97.0, "cot": 77.5, "no_cot": 76.7, "pause": 96.6, "no_curriculum": 76.1,
@@ -64,6 +66,7 @@ class Config:
         threads: torch intra-op threads (None leaves the setting). One by default: the
             matrices are tiny, and a second thread only added synchronisation (0.2 s vs
             0.4-1.0 s per step on a loaded 2-core machine, NOTES.md).
+        workers: Processes running the (seed, method) jobs side by side.
     """
 
     seeds: tuple[int, ...] = (0, 1)
@@ -85,6 +88,7 @@ class Config:
     train_path: str | None = None
     test_path: str | None = None
     threads: int | None = 1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -93,6 +97,8 @@ class Config:
             check_method(m)
         if self.n_train < 1 or self.n_test < 1:
             raise ValueError("n_train and n_test must be >= 1")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         self.prosqa()  # validates
         self.curriculum()
         self.settings()
@@ -122,8 +128,9 @@ PRESETS = {
     ),
     # <= 5 minutes on 2 cores, all five methods x 2 seeds: see NOTES.md for the sizing
     "quick": Config(
-        seeds=(0, 1), n_train=3000, n_test=500, n_nodes=(9, 12), n_steps=(2, 4),
-        d_model=64, max_latent_stage=4, steps_per_stage=40, final_steps=120,
+        seeds=(0, 1), n_train=4000, n_test=500, n_nodes=(7, 9), n_steps=(2, 3), d_model=64,
+        max_latent_stage=3, steps_per_stage=100, final_steps=200, batch_size=16, lr=3e-3,
+        workers=2,
     ),
     # the paper's graphs and curriculum (6 stages); still a small decoder from scratch
     "full": Config(
@@ -146,47 +153,70 @@ def load_data(cfg: Config, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def run(cfg: Config, out: RunDir) -> list[Result]:
-    """Train and evaluate every method for every seed; check the claims."""
+    """Train and evaluate every method for every seed; check the claims.
+
+    The (seed, method) jobs run in ``cfg.workers`` processes (spawned, each with
+    ``cfg.threads`` threads); their logs are written here, in job order.
+    """
+    jobs = [(s, m) for s in cfg.seeds for m in cfg.methods]
+    if cfg.workers > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch started threads
+        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
+            futures = [pool.submit(run_job, cfg, s, m) for s, m in jobs]
+            done = out.track((f.result() for f in futures), "jobs", total=len(jobs))
+            outputs = list(done)
+    else:
+        outputs = [run_job(cfg, s, m) for s, m in out.track(jobs, "jobs")]
+    rows: dict[int, dict[str, Any]] = {s: {} for s in cfg.seeds}
+    for (seed, method), res in zip(jobs, outputs):
+        rows[seed][method] = res["metrics"]
+        rows[seed]["n_test"] = res["n_test"]
+        if "frontier" in res:
+            rows[seed]["frontier"] = res["frontier"]
+        out.log(**res["log"])
+    analyses = [r["frontier"] for r in rows.values() if "frontier" in r]
+    if analyses:
+        out.savefig(plot_frontier(analyses), "coconut_frontier")
+    return results(cfg, rows)
+
+
+def run_job(cfg: Config, seed: int, method: str) -> dict[str, Any]:
+    """One method at one seed: trained, evaluated, and for Coconut the frontier analysis.
+
+    Returns:
+        ``metrics`` (accuracy, tokens_per_answer), ``n_test``, ``log`` (a metrics record)
+        and, for Coconut, ``frontier``.
+    """
     with num_threads(cfg.threads):
-        rows: dict[int, dict[str, Any]] = {}
-        for seed in cfg.seeds:
-            rows[seed] = run_seed(cfg, seed, out)
-        analyses = [r["frontier"] for r in rows.values() if "frontier" in r]
-        if analyses:
-            out.savefig(plot_frontier(analyses), "coconut_frontier")
-        return results(cfg, rows)
-
-
-def run_seed(cfg: Config, seed: int, out: RunDir) -> dict[str, Any]:
-    """One seed: every method trained and evaluated; the frontier analysis of Coconut."""
-    train_recs, test_recs = load_data(cfg, seed)
-    tok = build_tokenizer(train_recs + test_recs)
-    tok_train = [tokenize_record(tok, r) for r in train_recs]
-    cur = cfg.curriculum()
-    longest = max(len(tok.encode(r["question"])) for r in train_recs + test_recs)
-    model_cfg = ModelConfig(
-        vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        d_model=cfg.d_model, max_seq_len=longest + 128,
-    )  # fmt: skip
-    row: dict[str, Any] = {"n_test": len(test_recs)}
-    for method in out.track(cfg.methods, f"seed {seed}"):
         t0 = time.perf_counter()
+        train_recs, test_recs = load_data(cfg, seed)
+        tok = build_tokenizer(train_recs + test_recs)
+        tok_train = [tokenize_record(tok, r) for r in train_recs]
+        cur = cfg.curriculum()
+        longest = max(len(tok.encode(r["question"])) for r in train_recs + test_recs)
+        model_cfg = ModelConfig(
+            vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+            d_model=cfg.d_model, max_seq_len=longest + 128,
+        )  # fmt: skip
         net = make_model(method, tok, model_cfg, seed=seed)
         loss0 = answer_loss(net, tok, test_recs[:100], method, cur)
+        t1 = time.perf_counter()
         hist = train_method(net, tok_train, method, cur, tok, cfg.settings(), seed=seed)
-        t_train = time.perf_counter() - t0
+        t2 = time.perf_counter()
         ev = evaluate(net, tok, test_recs, method, cur)
-        row[method] = {k: ev[k] for k in ("accuracy", "tokens_per_answer")}
-        out.log(
-            seed=seed, method=method, train_s=t_train, eval_s=time.perf_counter() - t0 - t_train,
+        metrics = {k: ev[k] for k in ("accuracy", "tokens_per_answer")}
+        res: dict[str, Any] = {"metrics": metrics, "n_test": len(test_recs)}
+        if method == "coconut":
+            res["frontier"] = frontier_analysis(net, tok, test_recs, cur)
+        log = dict(
+            seed=seed, method=method, train_s=t2 - t1, eval_s=time.perf_counter() - t2,
+            setup_s=t1 - t0, steps=sum(n for _, n in cur.schedule(method)),
             train_loss=hist[-1]["loss"], heldout_loss_untrained=loss0,
             heldout_loss=answer_loss(net, tok, test_recs[:100], method, cur),
-            example_output=ev["outputs"][0], **row[method],
+            example_output=ev["outputs"][0], **metrics,
         )  # fmt: skip
-        if method == "coconut":
-            row["frontier"] = frontier_analysis(net, tok, test_recs, cur)
-            out.log(seed=seed, frontier=row["frontier"])
-    return row
+        res["log"] = {**log, **({"frontier": res["frontier"]} if "frontier" in res else {})}
+        return res
 
 
 def _vals(rows: dict[int, dict[str, Any]], fn) -> list[float]:
