@@ -193,7 +193,7 @@ class Coconut(nn.Module):
 
         Args:
             idx: Token ids; latent tokens at the same columns in every row.
-            document_ids: (B, S) 0 on padding, 1 on tokens; None when there is none.
+            document_ids: (B, S) 0 on padding, nonzero (1) on tokens; None without padding.
             return_hidden: Also return the final-norm hidden states (B, S, d_model).
         """
         logits, hidden, _ = self.prefill(idx, document_ids, cache=False)
@@ -216,7 +216,8 @@ class Coconut(nn.Module):
             raise ValueError(
                 f"document_ids {tuple(document_ids.shape)} must match idx {tuple(idx.shape)}"
             )
-        mask = None if document_ids is None or bool(document_ids.all()) else document_ids
+        pad = None if document_ids is None else document_ids == 0  # (B, S)
+        mask = None if pad is None or not bool(pad.any()) else (~pad).long()
         B, S = idx.shape
         embeds = self.lm.embed(idx)  # (B, S, d_model)
         cols = latent_columns(idx, self.latent_id) if self.recycle else []
