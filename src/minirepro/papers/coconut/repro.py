@@ -129,7 +129,7 @@ PRESETS = {
     # <= 5 minutes on 2 cores, all five methods x 2 seeds: see NOTES.md for the sizing
     "quick": Config(
         seeds=(0, 1), n_train=4000, n_test=500, n_nodes=(7, 9), n_steps=(2, 3), d_model=64,
-        max_latent_stage=3, steps_per_stage=100, final_steps=200, batch_size=16, lr=3e-3,
+        max_latent_stage=3, steps_per_stage=150, final_steps=300, batch_size=16, lr=3e-3,
         workers=2,
     ),
     # the paper's graphs and curriculum (6 stages); still a small decoder from scratch
