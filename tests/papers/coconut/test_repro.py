@@ -69,3 +69,21 @@ def test_cli_lists_coconut_and_names_a_bad_override(tmp_path):
     assert res.exit_code == 0 and "coconut" in res.output
     res = runner.invoke(cli.app, ["run", "coconut", "--preset", "smoke", "-o", "methods=['x']"])
     assert res.exit_code != 0 and "unknown method" in res.output
+
+
+def test_a_users_prosqa_files_train_and_evaluate_unchanged(tmp_path):
+    from minirepro.papers.coconut.repro import load_data, run_job
+    from minirepro.tasks.prosqa import ProsQAConfig, generate_prosqa, save_prosqa
+
+    small = ProsQAConfig(n_nodes=(7, 9), mode_nodes=None, n_steps=(2, 3))
+    save_prosqa(generate_prosqa(60, 7, small), tmp_path / "prosqa_train.json")
+    save_prosqa(generate_prosqa(12, 8, small), tmp_path / "prosqa_test.json")
+    cfg = Config(
+        methods=("no_cot",), n_test=10, d_model=32, max_latent_stage=1, steps_per_stage=2,
+        final_steps=2, batch_size=4, train_path=str(tmp_path / "prosqa_train.json"),
+        test_path=str(tmp_path / "prosqa_test.json"),
+    )  # fmt: skip
+    train, test = load_data(cfg, 0)
+    assert len(train) == 60 and len(test) == 10
+    res = run_job(cfg, 0, "no_cot")
+    assert res["n_test"] == 10 and 0.0 <= res["metrics"]["accuracy"] <= 100.0

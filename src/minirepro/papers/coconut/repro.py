@@ -135,7 +135,7 @@ PRESETS = {
     # the paper's graphs and curriculum (6 stages); still a small decoder from scratch
     "full": Config(
         seeds=(0, 1, 2), n_train=17886, n_test=500, n_layer=4, d_model=128,
-        max_latent_stage=6, steps_per_stage=2800, final_steps=8400, lr=1e-3,
+        max_latent_stage=6, steps_per_stage=2800, final_steps=8400, lr=1e-3, workers=2,
     ),
 }  # fmt: skip
 
