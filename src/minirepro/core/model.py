@@ -485,11 +485,12 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        idx: Tensor,
+        idx: Tensor | None,
         cache: Cache | None = None,
         *,
         document_ids: Tensor | None = None,
         return_hidden: bool = False,
+        embeds: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, S, vocab_size) for token ids idx (B, S).
 
@@ -500,7 +501,16 @@ class Transformer(nn.Module):
         of the document alone. With a cache that has seen ids, new tokens without ids
         continue the last document of their row.
         With return_hidden, returns the final normalised hidden states (B, S, d_model) instead.
+        With embeds (B, S, d_model) and idx None, those vectors are the inputs instead of
+        token embeddings (Coconut feeds hidden states back as inputs).
         """
+        if embeds is not None:
+            if idx is not None or embeds.ndim != 3 or embeds.shape[-1] != self.cfg.d_model:
+                raise ValueError(
+                    f"pass idx or embeds (batch, seq, {self.cfg.d_model}), not both; got "
+                    f"embeds of shape {tuple(embeds.shape)}"
+                )
+            idx = embeds.new_zeros(embeds.shape[:2], dtype=torch.long)  # (B, S) placeholder
         if idx.ndim != 2:
             raise ValueError(f"idx must be (batch, seq) token ids, got shape {tuple(idx.shape)}")
         B, S = idx.shape
@@ -514,7 +524,9 @@ class Transformer(nn.Module):
         if document_ids is not None or (cache is not None and cache.doc_ids is not None):
             layout = self._document_layout(idx, cache, document_ids)
             mask, positions = layout.mask, layout.positions  # (B, 1, S, T), (B, S)
-        if getattr(self.embed, "takes_positions", False):
+        if embeds is not None:
+            x = embeds  # (B, S, d_model)
+        elif getattr(self.embed, "takes_positions", False):
             x = self.embed(idx, positions)  # (B, S, d_model)
         else:
             x = self.embed(idx)

@@ -1,0 +1,101 @@
+import pytest
+
+from minirepro.papers.coconut import (
+    BOT,
+    EOT,
+    LATENT,
+    METHODS,
+    PAUSE,
+    Curriculum,
+    build_tokenizer,
+    collate,
+    extract_answer,
+    inference_prompt,
+    stage_example,
+    tokenize_record,
+)
+from minirepro.tasks.prosqa import ProsQAConfig, generate_prosqa
+
+CUR = Curriculum(max_latent_stage=3, c_thought=2, steps_per_stage=5, final_steps=7)
+
+
+@pytest.fixture(scope="module")
+def data():
+    recs = generate_prosqa(20, 0, ProsQAConfig(n_nodes=(9, 11), mode_nodes=None, n_steps=(3, 4)))
+    tok = build_tokenizer(recs)
+    return tok, [tokenize_record(tok, r) for r in recs]
+
+
+def _count(ids, tok, name):
+    return ids.count(tok.token_to_id(name))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
+def test_stage_k_replaces_k_steps_by_k_times_c_thoughts(data, stage):
+    tok, recs = data
+    r = recs[0]
+    ex = stage_example(r, "coconut", stage, CUR, tok)
+    n_latent = min(stage, 3) * 2
+    assert _count(ex.ids, tok, LATENT) == n_latent
+    kept = r.steps[stage:] if stage <= 3 else []
+    assert ex.ids == [*r.question, tok.token_to_id(BOT), *[tok.token_to_id(LATENT)] * n_latent,
+                      tok.token_to_id(EOT), *[t for s in kept for t in s], *r.answer]  # fmt: skip
+    # labels: ignored on the question, the markers and the latents; the rest is learned
+    n_prefix = len(r.question) + 2 + n_latent
+    assert ex.labels[:n_prefix] == [-100] * n_prefix
+    assert ex.labels[n_prefix:] == ex.ids[n_prefix:]
+    assert ex.align == len(r.question) + 1
+
+
+def test_baselines_sequences(data):
+    tok, recs = data
+    r = recs[1]
+    steps = [t for s in r.steps for t in s]
+    cot = stage_example(r, "cot", 0, CUR, tok)
+    assert cot.ids == [*r.question, *steps, *r.answer]
+    assert cot.labels == [-100] * len(r.question) + steps + r.answer
+    assert stage_example(r, "no_cot", 0, CUR, tok).ids == [*r.question, *r.answer]
+    pause = stage_example(r, "pause", 2, CUR, tok)
+    assert _count(pause.ids, tok, PAUSE) == 4 and _count(pause.ids, tok, LATENT) == 0
+    final = stage_example(r, "no_curriculum", 4, CUR, tok)
+    assert _count(final.ids, tok, LATENT) == 6 and final.ids[-len(r.answer) :] == r.answer
+    assert inference_prompt(r, "coconut", CUR, tok)[-8:] == [tok.token_to_id(BOT)] + [
+        tok.token_to_id(LATENT)
+    ] * 6 + [tok.token_to_id(EOT)]
+
+
+def test_schedules_spend_the_same_steps_and_walk_the_stages():
+    for m in METHODS:
+        assert sum(n for _, n in CUR.schedule(m)) == 4 * 5 + 7
+    assert [s for s, _ in CUR.schedule("coconut")] == [0, 1, 2, 3, 4]
+    assert {s for s, _ in CUR.schedule("no_curriculum")} == {4}
+    assert {s for s, _ in CUR.schedule("cot")} == {0}
+    with pytest.raises(ValueError, match="unknown method"):
+        CUR.schedule("coconut2")
+
+
+def test_collate_aligns_latents_and_shifts_targets(data):
+    tok, recs = data
+    exs = [stage_example(r, "coconut", 2, CUR, tok) for r in recs[:4]]
+    x, y, d = collate(exs, tok.pad_id)
+    latent = x == tok.token_to_id(LATENT)
+    assert (latent == latent[:1]).all() and latent.sum(1).tolist() == [4] * 4
+    for i, e in enumerate(exs):
+        start = int(d[i].argmax())
+        assert x[i, start : start + len(e.ids) - 1].tolist() == e.ids[:-1]
+        assert y[i, start : start + len(e.ids) - 1].tolist() == e.labels[1:]
+        assert (y[i][d[i] == 0] == -100).all()
+
+
+def test_extract_answer(data):
+    tok, recs = data
+    ans = recs[0].answer[3:-1]
+    assert extract_answer(tok, recs[0].steps[0] + recs[0].answer[:-1]) == ans
+    assert extract_answer(tok, ans) == ans
+
+
+def test_curriculum_bounds():
+    with pytest.raises(ValueError):
+        Curriculum(c_thought=0)
+    with pytest.raises(ValueError):
+        Curriculum(steps_per_stage=0)
