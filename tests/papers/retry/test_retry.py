@@ -129,6 +129,8 @@ def test_config_rejects_bad_values():
         Config(train_ops=(4, 1))
     with pytest.raises(ValueError, match="ablation_rate"):
         Config(retry_rates=(0.3,), ablation_rate=0.5)
+    with pytest.raises(ValueError, match="workers"):
+        Config(workers=0)
 
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
@@ -146,6 +148,23 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
     assert len(evals) == len(cfg.seeds) * len(variants(cfg)) * len(cfg.test_bins)
     packs = {r["variant"]: r for r in logs if r.get("stage") == "pack"}
     assert len({r["tokens"] for r in packs.values()}) == 1  # same training tokens for all
+
+
+def test_workers_give_the_results_of_one_process(tmp_path):
+    # two spawned single-threaded workers train each model exactly as this process would
+    cfg = dataclasses.replace(PRESETS["smoke"], seeds=(0,), threads=1)
+    logs = {}
+    for workers in (1, 2):
+        c = dataclasses.replace(cfg, workers=workers)
+        out = RunDir("retry", c, root=tmp_path / str(workers), preset="smoke")
+        values = json.dumps([r.values for r in PAPER.run(c, out)])  # NaN reads as NaN
+        lines = [json.loads(line) for line in out.metrics_path.read_text().splitlines()]
+        keep = ("train", "eval")
+        logs[workers] = values, [
+            {k: v for k, v in r.items() if k != "seconds"} for r in lines if r.get("stage") in keep
+        ]
+    assert logs[1] == logs[2]
+    assert len(logs[1][1]) == len(variants(cfg)) * (1 + len(cfg.test_bins))
 
 
 def test_cli_rejects_bad_options_cleanly(tmp_path):
