@@ -131,6 +131,8 @@ def test_config_rejects_bad_values():
         Config(retry_rates=(0.3,), ablation_rate=0.5)
     with pytest.raises(ValueError, match="workers"):
         Config(workers=0)
+    with pytest.raises(ValueError, match="headline_bin 3"):
+        Config(test_bins=((1, 1), (2, 2), (3, 3)), headline_bin=3)
 
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
@@ -160,9 +162,14 @@ def test_workers_give_the_results_of_one_process(tmp_path):
         values = json.dumps([r.values for r in PAPER.run(c, out)])  # NaN reads as NaN
         lines = [json.loads(line) for line in out.metrics_path.read_text().splitlines()]
         keep = ("train", "eval")
-        logs[workers] = values, [
-            {k: v for k, v in r.items() if k != "seconds"} for r in lines if r.get("stage") in keep
-        ]
+        logs[workers] = (
+            values,
+            [
+                {k: v for k, v in r.items() if k != "seconds"}
+                for r in lines
+                if r.get("stage") in keep
+            ],
+        )
     assert logs[1] == logs[2]
     assert len(logs[1][1]) == len(variants(cfg)) * (1 + len(cfg.test_bins))
 
@@ -205,3 +212,10 @@ def test_verdicts_follow_the_measured_accuracies():
     rs = _results(quick, trained, dict.fromkeys(trained, [0.01, 0.02]))
     assert [r.verdict for r in rs] == ["pass", "fail", "fail", "pass"]
     assert all(math.isnan(v) for r in rs[1:3] for v in r.values)
+    # the headline on the second bin: the last (0.5 vs 0.3) no longer counts
+    inside = dataclasses.replace(
+        cfg, headline_bin=1, train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3))
+    )
+    rs = _results(inside, table(good), dict.fromkeys(names, [0.01, 0.02]))
+    assert list(rs[0].values) == [0.0, 0.0] and rs[0].verdict == "fail"
+    assert "op 2-2, inside the training range" in rs[0].claim
