@@ -166,16 +166,19 @@ PRESETS = {
         n_head=2, seq_len=256, train_ops=(1, 2), test_bins=((1, 2), (3, 3)),
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
-    # <= 5 minutes on 2 cores: error-free vs retry 0.5 (no ablations) x 2 seeds of a 3-layer
-    # d=96 decoder, 2000 steps of 2 x 384 tokens packed with whole documents and document
-    # ids (about 3 problems per row, each attending only to itself), on two-layer, two-item
-    # structures with 3 sentences in dependency order, op 1-2, mod 7 (test op 1, 2 and one
-    # beyond, 3); one token per name, lr 1e-2 (see NOTES.md for what each choice bought)
+    # <= 5 minutes on 2 cores: error-free vs retry 0.2 and 0.5 (no ablations) x 2 seeds of a
+    # 2-layer d=64 decoder (twice d=96 x 3 layers' steps per second for the same progress
+    # per step), 3600 steps of 2 x 384 tokens packed with whole documents and document ids,
+    # in two single-threaded workers; two-layer, two-item structures with 3 sentences in
+    # dependency order, op 1-2, mod 7, one token per name, lr 1e-2. Test op 1, 2 and 3; the
+    # claims compare op 2, the hardest bin inside the training range: op 3 is 0% for every
+    # model at this budget (see NOTES.md for what each choice bought)
     "quick": Config(
-        steps=2000, batch_size=2, seq_len=384, d_model=96, n_layer_model=3, n_head=4,
+        steps=3600, batch_size=2, seq_len=384, d_model=64, n_layer_model=2, n_head=4,
         n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True, mod=7,
-        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), n_test=50, lr=1e-2,
-        symbol_method="seq", retry_rates=(0.5,), ablations=False,
+        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), headline_bin=1, n_test=100,
+        lr=1e-2, symbol_method="seq", retry_rates=(0.2, 0.5), ablations=False, threads=1,
+        workers=2,
     ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
     "full": Config(
