@@ -42,7 +42,7 @@ def test_paper_is_registered():
     names = [v.name for v in variants(PRESETS["full"])]
     assert names == ["error-free", "retry 0.1", "retry 0.3", "retry 0.5", "retry 0.5 masked",
                      "retry_weak 0.5"]  # fmt: skip
-    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.5"]
+    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.2", "retry 0.5"]
 
 
 def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
