@@ -183,6 +183,8 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
     for override, message in [
         ("retry_rates=0", "retry rates"),
         ("symbol_method=greek", "symbol_method"),
+        ("workers=0", "workers"),
+        ("headline_bin=5", "headline_bin"),
     ]:
         args = ["run", "retry", "--preset", "smoke", "--runs-dir", str(tmp_path), "-o", override]
         result = runner.invoke(cli.app, args)
