@@ -42,7 +42,7 @@ def test_paper_is_registered():
     names = [v.name for v in variants(PRESETS["full"])]
     assert names == ["error-free", "retry 0.1", "retry 0.3", "retry 0.5", "retry 0.5 masked",
                      "retry_weak 0.5"]  # fmt: skip
-    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.5"]
+    assert [v.name for v in variants(PRESETS["quick"])] == ["error-free", "retry 0.2", "retry 0.5"]
 
 
 def test_documents_learn_the_solution_and_mask_only_wrong_steps(problems, tok):
@@ -129,6 +129,10 @@ def test_config_rejects_bad_values():
         Config(train_ops=(4, 1))
     with pytest.raises(ValueError, match="ablation_rate"):
         Config(retry_rates=(0.3,), ablation_rate=0.5)
+    with pytest.raises(ValueError, match="workers"):
+        Config(workers=0)
+    with pytest.raises(ValueError, match="headline_bin 3"):
+        Config(test_bins=((1, 1), (2, 2), (3, 3)), headline_bin=3)
 
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
@@ -148,6 +152,28 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
     assert len({r["tokens"] for r in packs.values()}) == 1  # same training tokens for all
 
 
+def test_workers_give_the_results_of_one_process(tmp_path):
+    # two spawned single-threaded workers train each model exactly as this process would
+    cfg = dataclasses.replace(PRESETS["smoke"], seeds=(0,), threads=1)
+    logs = {}
+    for workers in (1, 2):
+        c = dataclasses.replace(cfg, workers=workers)
+        out = RunDir("retry", c, root=tmp_path / str(workers), preset="smoke")
+        values = json.dumps([r.values for r in PAPER.run(c, out)])  # NaN reads as NaN
+        lines = [json.loads(line) for line in out.metrics_path.read_text().splitlines()]
+        keep = ("train", "eval")
+        logs[workers] = (
+            values,
+            [
+                {k: v for k, v in r.items() if k != "seconds"}
+                for r in lines
+                if r.get("stage") in keep
+            ],
+        )
+    assert logs[1] == logs[2]
+    assert len(logs[1][1]) == len(variants(cfg)) * (1 + len(cfg.test_bins))
+
+
 def test_cli_rejects_bad_options_cleanly(tmp_path):
     from typer.testing import CliRunner
 
@@ -157,6 +183,8 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
     for override, message in [
         ("retry_rates=0", "retry rates"),
         ("symbol_method=greek", "symbol_method"),
+        ("workers=0", "workers"),
+        ("headline_bin=5", "headline_bin"),
     ]:
         args = ["run", "retry", "--preset", "smoke", "--runs-dir", str(tmp_path), "-o", override]
         result = runner.invoke(cli.app, args)
@@ -167,7 +195,7 @@ def test_cli_rejects_bad_options_cleanly(tmp_path):
 def test_verdicts_follow_the_measured_accuracies():
     from minirepro.papers.retry.repro import _results
 
-    cfg = dataclasses.replace(PRESETS["quick"], ablations=True)
+    cfg = dataclasses.replace(PRESETS["quick"], ablations=True, headline_bin=-1)
     names = [v.name for v in variants(cfg)]
 
     def table(hard):  # accuracies per variant, seed, bin; `hard` sets the last bin
@@ -181,8 +209,15 @@ def test_verdicts_follow_the_measured_accuracies():
     rs = _results(cfg, table(zero), dict.fromkeys(names, [0.0, 0.0]))
     assert rs[0].verdict == "fail"  # no gain
     assert rs[1].verdict == rs[2].verdict == "fail"  # nothing to compare: NaN
-    quick = PRESETS["quick"]  # no ablations trained: NaN, never a pass
+    quick = dataclasses.replace(PRESETS["quick"], headline_bin=-1)  # no ablations: NaN
     trained = {n: v for n, v in table(good).items() if "masked" not in n and "weak" not in n}
     rs = _results(quick, trained, dict.fromkeys(trained, [0.01, 0.02]))
     assert [r.verdict for r in rs] == ["pass", "fail", "fail", "pass"]
     assert all(math.isnan(v) for r in rs[1:3] for v in r.values)
+    # the headline on the second bin: the last (0.5 vs 0.3) no longer counts
+    inside = dataclasses.replace(
+        cfg, headline_bin=1, train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3))
+    )
+    rs = _results(inside, table(good), dict.fromkeys(names, [0.01, 0.02]))
+    assert list(rs[0].values) == [0.0, 0.0] and rs[0].verdict == "fail"
+    assert "op 2-2, inside the training range" in rs[0].claim

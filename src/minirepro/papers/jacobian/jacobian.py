@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.func import jvp, vmap
+
+from minirepro.core.threads import process_pool
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -90,24 +91,6 @@ def push_tangents(
         else:
             out = vmap(lambda t: jvp(train_fn, (theta0,), (t,))[1])(eye)
     return out.reshape(stop - start, -1)  # (C, Q)
-
-
-def _single_thread_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def process_pool(workers: int) -> Executor:
-    """A pool of `workers` single-threaded processes (spawned: safe with OpenMP and torch).
-
-    Passing it to `training_jacobian` computes chunks in parallel. On two cores this beats
-    two intra-op threads, whose synchronisation dominates ops this small. `train_fn` must
-    pickle (module-level functions, `functools.partial`, bound methods of plain objects).
-    """
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_single_thread_worker,
-    )
 
 
 def training_jacobian(
