@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,11 @@ class Config:
         ks: The K of the GenRM-CoT curve (max K is sampled once, prefixes averaged).
         temperature: Generator sampling temperature.
         lam: lambda of the unified loss ("lambda > 0" runs).
-        generator, verifier: Shapes and training of the generator and the verifiers.
+        d_model, n_layer, n_head: The decoder every model shares (verifiers start from the
+            generator's weights).
+        batch_size: Training batch.
+        gen_steps, gen_lr: Generator SFT.
+        ver_steps, ver_lr: Each verifier's training.
         judge_problems, judge_n: LLM-as-judge items (0 problems: no judge).
         threads: torch intra-op threads (None leaves the setting).
     """
@@ -107,17 +111,19 @@ class Config:
     ks: tuple[int, ...] = (1, 2, 4, 8)
     temperature: float = 1.0
     lam: float = 1.0
-    generator: LMConfig = field(default_factory=lambda: LMConfig(steps=1000))
-    verifier: LMConfig = field(default_factory=lambda: LMConfig(steps=200, lr=1e-3))
+    d_model: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    batch_size: int = 32
+    gen_steps: int = 1000
+    gen_lr: float = 3e-3
+    ver_steps: int = 300
+    ver_lr: float = 3e-3
     judge_problems: int = 4
     judge_n: int = 8
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.generator, dict):
-            self.generator = LMConfig(**self.generator)
-        if isinstance(self.verifier, dict):
-            self.verifier = LMConfig(**self.verifier)
         if not self.seeds or not self.tasks:
             raise ValueError("seeds and tasks must not be empty")
         if not self.ns or max(self.ns) > self.n_max or min(self.ns) < 1:
@@ -137,15 +143,13 @@ PRESETS = {
     "smoke": Config(
         tasks=("last_letter",), seeds=(0,), n_train=64, n_train_long=8, n_verify=16, verify_samples=2,
         n_test=4, n_max=4, ns=(1, 4), ks=(1, 2), judge_problems=0, judge_n=4,
-        generator=LMConfig(d_model=32, n_layer=1, n_head=2, steps=4, batch_size=8),
-        verifier=LMConfig(d_model=32, n_layer=1, n_head=2, steps=4, batch_size=8), threads=1,
+        d_model=32, n_layer=1, n_head=2, batch_size=8, gen_steps=4, ver_steps=4, threads=1,
     ),
     "quick": Config(shared_generator=True, threads=1),
     "full": Config(
         seeds=(0, 1, 2), n_train=20000, n_verify=2000, verify_samples=8, n_test=200,
         ks=(1, 2, 4, 8, 16, 32), judge_problems=20, judge_n=32,
-        generator=LMConfig(d_model=128, n_layer=4, steps=3000),
-        verifier=LMConfig(d_model=128, n_layer=4, steps=2000, lr=5e-4),
+        d_model=128, n_layer=4, gen_steps=3000, gen_lr=1e-3, ver_steps=2000, ver_lr=1e-3,
     ),
 }  # fmt: skip
 
@@ -174,8 +178,10 @@ def _run_task(cfg: Config, task: Task, out: RunDir) -> dict[str, Any]:
     sol_examples = [fmt.solution_example(p, task.solve(p).text) for p in [*train_p, *long_p]]
     budget = _max_len(cfg)
     seq_len = 2 * budget + cfg.test_words[1] + 8
-    gen_cfg = replace(cfg.generator, max_seq_len=seq_len)
-    ver_cfg = replace(cfg.verifier, max_seq_len=seq_len)
+    sizes = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+             "batch_size": cfg.batch_size, "max_seq_len": seq_len}  # fmt: skip
+    gen_cfg = LMConfig(steps=cfg.gen_steps, lr=cfg.gen_lr, **sizes)
+    ver_cfg = LMConfig(steps=cfg.ver_steps, lr=cfg.ver_lr, **sizes)
     metrics: dict[str, Any] = {}
     gen = None
     for seed in out.track(list(cfg.seeds), f"{task.name}: seeds"):
@@ -255,12 +261,16 @@ def _judge(cfg, task, test_p, samples, correct, scores, seed) -> dict[str, float
     if "smollm2" not in _PRETRAINED:
         _PRETRAINED["smollm2"] = load_smollm2()
     judge = llm_judge(_PRETRAINED["smollm2"], task)
-    P, n = cfg.judge_problems, cfg.judge_n
-    pairs = [(p, s) for p, row in zip(test_p[:P], samples[:P]) for s in row[:n]]
-    judged = judge.score(pairs).view(P, n).numpy()
-    c = correct[:P, :n]
-    out = {"judge": best_of_n(judged, c, n), "pass@1": pass_at_1(c), "coverage": coverage(c, n)}
-    out |= {v: best_of_n(scores[v][:P, :n], c, n) for v in VERIFIERS}
+    n = cfg.judge_n
+    # problems where the choice matters: some of the first n samples right, some wrong
+    mixed = [i for i in range(len(test_p)) if 0 < correct[i, :n].sum() < n]
+    rows = (mixed or list(range(len(test_p))))[: cfg.judge_problems]
+    pairs = [(test_p[i], s) for i in rows for s in samples[i][:n]]
+    judged = judge.score(pairs).view(len(rows), n).numpy()
+    c = correct[rows, :n]
+    out = {"judge": best_of_n(judged, c, n), "pass@1": pass_at_1(c), "coverage": coverage(c, n),
+           "n_items": len(rows), "n_mixed": len(mixed)}  # fmt: skip
+    out |= {v: best_of_n(scores[v][rows, :n], c, n) for v in VERIFIERS}
     out["judge_verify_acc"] = float(((judged > 0.5) == c).mean())
     return out
 
@@ -349,7 +359,7 @@ def _results(cfg: Config, per_task: dict[str, dict[int, dict]]) -> list[Result]:
             Result.check(
                 CLAIMS[4], "GenRM > LLM-as-a-Judge (Fig. 1)", [a - b for a, b in zip(g, j)],
                 AtLeast(0.0), seeds, unit="accuracy",
-                note=f"best-of-{cfg.judge_n} on the first {cfg.judge_problems} test problems per task: "
+                note=f"best-of-{cfg.judge_n} on the first {cfg.judge_problems} test problems per task whose first {cfg.judge_n} samples are neither all right nor all wrong: "
                 f"GenRM {mean(g)}%, SmolLM2 judge {mean(j)}%, pass@1 {mean([_avg(per_task, s, 'judge', 'pass@1') for s in seeds])}%, "
                 f"coverage {mean([_avg(per_task, s, 'judge', 'coverage') for s in seeds])}%; judge's p(Yes) > 0.5 accuracy "
                 f"{mean([_avg(per_task, s, 'judge', 'judge_verify_acc') for s in seeds])}%",
