@@ -54,6 +54,9 @@ CLAIMS = [
     "A trained GenRM beats an untrained LLM-as-judge (SmolLM2-135M-Instruct) on the same items",
 ]
 VERIFIERS = ("genrm_cot", "genrm", "genrm_lambda0", "discriminative")
+# An "improvement" must be at least one point of accuracy: two verifiers that both pick no
+# right solution (0 = 0) do not confirm that one helps.
+GAIN = 0.01
 
 
 @dataclass
@@ -306,7 +309,8 @@ def _results(cfg: Config, per_task: dict[str, dict[int, dict]]) -> list[Result]:
 
     p1 = [_avg(per_task, s, "pass@1") for s in seeds]
     cot, gen, gen0, disc = bo("genrm_cot"), bo("genrm"), bo("genrm_lambda0"), bo("discriminative")
-    margin = [min(a - b, b - c, c - d) for a, b, c, d in zip(cot, gen, disc, p1)]
+    # ties allowed where the claim says >=; discriminative > pass@1 must hold by a point
+    margin = [min(a - b, b - c, c - d - GAIN) for a, b, c, d in zip(cot, gen, disc, p1)]
 
     def mean(xs: list[float]) -> str:
         return f"{100 * np.mean(xs):.1f}"
@@ -329,7 +333,7 @@ def _results(cfg: Config, per_task: dict[str, dict[int, dict]]) -> list[Result]:
         Result.check(
             CLAIMS[0], "GenRM-CoT > GenRM > discriminative > pass@1 (Fig. 1)", margin,
             AtLeast(0.0), seeds, unit="accuracy",
-            note=f"min of the three gaps at N={N} ({where}); best-of-N (%) at N={'/'.join(map(str, cfg.ns))}: "
+            note=f"min(CoT - GenRM, GenRM - disc, disc - pass@1 - {GAIN}) at N={N} ({where}); best-of-N (%) at N={'/'.join(map(str, cfg.ns))}: "
             f"{table}; pass@1 {mean(p1)}; per task at N={N}: {per}",
         ),
         Result.check(
@@ -340,13 +344,13 @@ def _results(cfg: Config, per_task: dict[str, dict[int, dict]]) -> list[Result]:
         Result.check(
             CLAIMS[2], "accuracy rises with the number of votes (Fig. 6)",
             [_avg(per_task, s, "cot_k", K) - _avg(per_task, s, "cot_k", min(cfg.ks)) for s in seeds],
-            AtLeast(0.0), seeds, unit="accuracy",
+            AtLeast(GAIN), seeds, unit="accuracy",
             note=f"best-of-{N} by K: " + ", ".join(
                 f"K={k} {100 * np.mean([_avg(per_task, s, 'cot_k', k) for s in seeds]):.1f}" for k in cfg.ks),
         ),
         Result.check(
             CLAIMS[3], "unified training helps verification (Fig. 7)",
-            [a - b for a, b in zip(gen, gen0)], AtLeast(0.0), seeds, unit="accuracy",
+            [a - b for a, b in zip(gen, gen0)], AtLeast(GAIN), seeds, unit="accuracy",
             note=f"best-of-{N}: lambda={cfg.lam:g} {mean(gen)}%, lambda=0 {mean(gen0)}%; "
             "verification accuracy at 0.5: " + ", ".join(
                 f"{v} {100 * np.mean([_avg(per_task, s, 'verify_acc', v) for s in seeds]):.1f}" for v in VERIFIERS),
@@ -358,7 +362,7 @@ def _results(cfg: Config, per_task: dict[str, dict[int, dict]]) -> list[Result]:
         results.append(
             Result.check(
                 CLAIMS[4], "GenRM > LLM-as-a-Judge (Fig. 1)", [a - b for a, b in zip(g, j)],
-                AtLeast(0.0), seeds, unit="accuracy",
+                AtLeast(GAIN), seeds, unit="accuracy",
                 note=f"best-of-{cfg.judge_n} on the first {cfg.judge_problems} test problems per task whose first {cfg.judge_n} samples are neither all right nor all wrong: "
                 f"GenRM {mean(g)}%, SmolLM2 judge {mean(j)}%, pass@1 {mean([_avg(per_task, s, 'judge', 'pass@1') for s in seeds])}%, "
                 f"coverage {mean([_avg(per_task, s, 'judge', 'coverage') for s in seeds])}%; judge's p(Yes) > 0.5 accuracy "
