@@ -23,7 +23,10 @@ Implemented here:
 
 Deviations: tiny character-level decoders trained for seconds stand in for Gemma models,
 and the generator's weights stand in for the pretrained LM every verifier starts from;
-rationales are written by a program (with slips), not by Gemini. See NOTES.md.
+rationales are written by a program (with slips), not by Gemini. At the quick size the
+headline ordering does not reproduce: the tiny verifiers barely beat chance, even on the
+training lengths (GenRM-CoT > GenRM > discriminative holds there, all below pass@1). See
+NOTES.md.
 
 Run: `minirepro run genrm --preset quick` (smoke: seconds; full: closer to the paper).
 """
