@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ DEFAULT_SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
 _PUNCT_SPLIT = re.compile(r"\w+|[^\w\s]")
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Shared machinery: vocabulary, special tokens, encode/decode, batching, saving.
 
     Subclasses define how a piece of text without specials splits into symbols
@@ -70,14 +71,17 @@ class Tokenizer:
         self._special_re = _special_pattern(specials)
 
     # ----- to be provided by subclasses -------------------------------------------------
+    @abstractmethod
     def _check_symbol(self, symbol: str) -> None:
-        raise NotImplementedError
+        """Raise ValueError if `symbol` cannot be an ordinary vocabulary entry."""
 
+    @abstractmethod
     def _split(self, text: str) -> list[str]:
-        raise NotImplementedError
+        """The symbols of a piece of text that holds no special tokens."""
 
+    @abstractmethod
     def _join(self, symbols: list[str]) -> str:
-        raise NotImplementedError
+        """The text of a run of ordinary symbols (inverse of `_split`)."""
 
     def _options(self) -> dict[str, Any]:
         return {"strict": self.strict}

@@ -14,6 +14,7 @@ prefill and one decoding step are the same call), its length, cropping it back t
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from minirepro.core.generate import SamplingParams, decode_from
 __all__ = ["CoreLM", "HFLM", "LM", "as_lm", "chat_frame", "generate_text", "prefill"]
 
 
-class LM:
+class LM(ABC):
     """A causal LM with a tokenizer, behind the calls WiM makes.
 
     Attributes:
@@ -47,26 +48,26 @@ class LM:
         self.stop_tokens = tuple(int(t) for t in stop_tokens)
 
     # -- the cache
+    @abstractmethod
     def new_cache(self, max_len: int | None = None) -> Any:
         """An empty KV cache for one sequence of up to `max_len` positions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, ids: Tensor, cache: Any) -> Tensor:
         """Feed ids (1, S) after what `cache` holds; returns logits (1, S, V)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cache_len(self, cache: Any) -> int:
         """Positions the cache holds."""
-        raise NotImplementedError
 
+    @abstractmethod
     def crop(self, cache: Any, length: int) -> None:
         """Forget every position >= length."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def max_len(self) -> int:
         """The most positions the model takes."""
-        raise NotImplementedError
 
     # -- text
     def encode(self, text: str) -> list[int]:
