@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ class Solution:
         return cls(tuple(s.strip() for s in text.split(STEP_SEP.strip())) if text else ())
 
 
-class Task:
+class Task(ABC):
     """A task: problems, reference solutions, step checks, rationales, corruptions.
 
     Args:
@@ -131,21 +132,21 @@ class Task:
         self.words = words
 
     # ----- to be defined per task -------------------------------------------------------
+    @abstractmethod
     def steps(self, problem: Problem) -> tuple[str, ...]:
         """The reference steps."""
-        raise NotImplementedError
 
+    @abstractmethod
     def answer_of(self, steps: Sequence[str]) -> str:
         """The answer the steps imply."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expected(self, problem: Problem, i: int) -> str:
         """What rationale step i writes as the expected value ("_" past the last step)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def question(self, problem: Problem) -> str:
         """The problem in words, for a prompted LLM."""
-        raise NotImplementedError
 
     # ----- shared -----------------------------------------------------------------------
     def problem(self, rng: random.Random, n_words: int) -> Problem:
@@ -235,9 +236,9 @@ class Task:
             steps[i] = self._edit_step(steps[i], problem, rng)
         return steps
 
+    @abstractmethod
     def _edit_step(self, step: str, problem: Problem, rng: random.Random) -> str:
         """A wrong version of one step."""
-        raise NotImplementedError
 
     def _other(self, symbol: str, problem: Problem, rng: random.Random) -> str:
         """A symbol of the same kind as ``symbol`` that differs from it."""
