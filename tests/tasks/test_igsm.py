@@ -139,6 +139,18 @@ def test_undefined_name_and_missing_answer():
     assert not r.correct and r.failed_step == 0
 
 
+def test_a_symbol_inside_the_arithmetic_is_a_failure_not_a_crash():
+    # a model wrote "... = 3 + 5 = c." (a symbol where a value belongs): the checker used to
+    # raise KeyError from evaluate() instead of failing the step
+    p = next(q for q in _problems(50) if any(s.text.count(" = ") >= 2 for s in q.steps))
+    k = next(i for i, s in enumerate(p.steps) if s.text.count(" = ") >= 2)
+    steps = _steps(p)
+    head, _ = steps[k].rsplit(" = ", 1)
+    steps[k] = f"{head} = a."
+    r = check_solution(p, " ".join(steps))
+    assert not r.correct and r.failed_step == k and "not made of numbers" in r.reason
+
+
 def test_expressions_round_trip():
     for p in _problems(60):
         for s in p.steps:
