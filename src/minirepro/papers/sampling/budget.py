@@ -58,6 +58,7 @@ def sample_at_budget(
     *,
     k: int | None = None,
     flops: float | None = None,
+    first: int = 1,
     max_k: int = 1024,
 ) -> Sampled:
     """Draw ``k`` samples per prompt, or as many per prompt as a FLOP budget buys.
@@ -73,6 +74,8 @@ def sample_at_budget(
         temperature: Sampling temperature.
         k: Samples per prompt (exclusive with ``flops``).
         flops: Budget in FLOPs (exclusive with ``k``).
+        first: Samples per prompt of the first round under a budget (a guess such as 0.8 ×
+            `matched_samples` saves calls; the rounds after it are sized from measurements).
         max_k: Upper bound on samples per prompt under a budget.
 
     Returns:
@@ -97,15 +100,15 @@ def sample_at_budget(
             raise ValueError(f"k must be >= 1, got {k}")
         draw(k)
     else:
-        if not flops > 0:
-            raise ValueError(f"flops must be > 0, got {flops}")
+        if not flops > 0 or first < 1:
+            raise ValueError(f"need flops > 0 and first >= 1, got {flops}, {first}")
         done = 0
         while done < max_k:
             per_round = spent() / done if done else 0.0
             if done and (per_round <= 0 or flops - spent() < per_round / 2):
                 break  # one more round would overshoot more than stopping undershoots
             # about half the remaining rounds at once: few calls, and the estimate sharpens
-            want = 1 if not done else max(1, int((flops - spent()) / per_round / 2))
+            want = first if not done else max(1, int((flops - spent()) / per_round / 2))
             n = min(want, max_k - done)
             draw(n)
             done += n

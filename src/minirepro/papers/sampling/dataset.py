@@ -53,6 +53,7 @@ def build_dataset(
     *,
     k: int | None = None,
     flops: float | None = None,
+    first: int = 1,
     prompt: Callable[[Any], str] = lambda p: p.text,
     judge: Callable[[Any, Sequence[str]], list[Judgement]] = judge_igsm,
 ) -> SampledData:
@@ -65,6 +66,7 @@ def build_dataset(
         temperature: Sampling temperature.
         k: Samples per problem (exclusive with ``flops``).
         flops: Sampling budget, 2 · params · generated tokens (exclusive with ``k``).
+        first: First round's samples per problem under a budget (`sample_at_budget`).
         prompt: Problem -> prompt text.
         judge: (problem, its sampled texts) -> one `Judgement` per text.
 
@@ -72,7 +74,7 @@ def build_dataset(
         The `SampledData`.
     """
     sampled = sample_at_budget(
-        sampler, [prompt(p) for p in problems], temperature, k=k, flops=flops
+        sampler, [prompt(p) for p in problems], temperature, k=k, flops=flops, first=first
     )
     judged = [judge(p, texts) for p, texts in zip(problems, sampled.texts, strict=True)]
     if any(len(j) != len(t) for j, t in zip(judged, sampled.texts)):

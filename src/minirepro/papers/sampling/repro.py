@@ -18,12 +18,13 @@ import contextlib
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from minirepro.core.results import AtLeast, Result, RunDir
 from minirepro.core.threads import num_threads, process_pool
 from minirepro.core.tokenizer import WordTokenizer
 from minirepro.papers.retry import build_tokenizer, score, solve
+from minirepro.papers.sampling.budget import matched_samples
 from minirepro.papers.sampling.dataset import SampledData, build_dataset, igsm_sampler
 from minirepro.papers.sampling.finetune import ModelSpec, TrainSpec, build_model, finetune, pretrain
 from minirepro.tasks.igsm import GenConfig, Problem, generate
@@ -65,6 +66,8 @@ class Config:
         n_sample: Training problems the generators sample solutions for.
         k_se: SE samples per problem; WC gets as many as SE's measured FLOPs buy.
         temperature: Sampling temperature (the paper: 0.7).
+        sample_batch: Sequences decoded at once (tiny models: bigger batches cost about the
+            same per step, so fewer, larger batches are faster).
         finetune_steps, finetune_lr: Finetuning, equal for every dataset.
         n_test: Held-out test problems.
         max_new_tokens: Longest sampled solution (None: 1.5 x the longest correct one).
@@ -95,6 +98,7 @@ class Config:
     n_sample: int = 200
     k_se: int = 4
     temperature: float = 0.7
+    sample_batch: int = 1024
     finetune_steps: int = 400
     finetune_lr: float = 3e-3
     n_test: int = 200
@@ -131,11 +135,11 @@ PRESETS = {
     # seconds: tiny models, a few steps; checks the pipeline, not the claim
     "smoke": Config(
         se=(32, 1, 2), wc=(16, 1, 2), student=(16, 1, 2), sweep=((24, 1, 2),), pretrain_steps=4,
-        student_steps=2, batch_size=2, seq_len=256, n_sample=6, k_se=2, finetune_steps=3,
-        n_test=6, max_new_tokens=40, warmup_steps=1,
+        student_steps=2, batch_size=2, seq_len=192, n_sample=4, k_se=2, finetune_steps=3,
+        n_test=4, max_new_tokens=30, warmup_steps=1,
     ),
     # <= 5 minutes on 2 cores (see NOTES.md for where the time goes)
-    "quick": Config(threads=2, workers=2),
+    "quick": Config(sweep=((48, 2, 4),), threads=2, workers=2),
     # closer to the paper: larger models, more problems and samples, three seeds
     "full": Config(
         seeds=(0, 1, 2), ops=(1, 4), max_edge=6, se=(128, 4, 4), wc=(64, 2, 4),
@@ -154,15 +158,45 @@ def _gen(cfg: Config) -> GenConfig:
 
 
 def _pretrain_job(
-    cfg: Config, spec: ModelSpec, steps: int, tok: WordTokenizer, max_seq_len: int
-) -> tuple[dict, float, float]:
-    """Pretrain one generator (in a worker): (state dict, final loss, seconds)."""
+    cfg: Config,
+    spec: ModelSpec,
+    steps: int,
+    tok: WordTokenizer,
+    max_seq_len: int,
+    tests: list[Problem],
+    max_new: int,
+) -> tuple[dict, float, float, float]:
+    """Pretrain one generator and solve the test set (in a worker): (state dict, final loss,
+    training seconds, greedy accuracy)."""
     t0 = time.perf_counter()
     gen = _gen(cfg)
     pool = (generate(gen, cfg.data_seed, i) for i in itertools.count())
     tspec = TrainSpec(steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.seq_len, seed=0)
     model, loss = pretrain(spec, tok, pool, tspec, max_seq_len)
-    return model.state_dict(), loss, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return model.state_dict(), loss, seconds, _accuracy(model, tok, tests, max_new)
+
+
+def _sample_job(
+    cfg: Config,
+    spec: ModelSpec,
+    state: dict,
+    tok: WordTokenizer,
+    max_seq_len: int,
+    prompts: list[Problem],
+    max_new: int,
+    seed: int,
+    k: int | None,
+    flops: float | None,
+    first: int,
+) -> tuple[SampledData, int, float]:
+    """Sample, judge and filter one generator's dataset (in a worker): (data, parameters,
+    seconds)."""
+    t0 = time.perf_counter()
+    model = _load(spec, state, tok, max_seq_len)
+    sampler = igsm_sampler(model, tok, max_new, seed=seed, batch_size=cfg.sample_batch)
+    data = build_dataset(sampler, prompts, cfg.temperature, k=k, flops=flops, first=first)
+    return data, sampler.n_params, time.perf_counter() - t0
 
 
 def _finetune_job(
@@ -239,18 +273,16 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     out.log(stage="data", vocab_size=tok.vocab_size, max_new_tokens=max_new,
             seconds=time.perf_counter() - t0)  # fmt: skip
     with _pool(cfg) as pool:
-        jobs = [(cfg, specs[n], steps[n], tok, max_seq_len) for n in names]
-        trained = dict(zip(names, out.track(_map(pool, _pretrain_job, jobs), "pretrain")))
-        models = {n: _load(specs[n], trained[n][0], tok, max_seq_len) for n in names}
-        base_acc = {}
+        # longest first, so that two workers finish together (steps x rough size)
+        order = sorted(names, key=lambda n: -steps[n] * _params(astuple(specs[n])[1:]))
+        jobs = [(cfg, specs[n], steps[n], tok, max_seq_len, tests, max_new) for n in order]
+        trained = dict(zip(order, out.track(_map(pool, _pretrain_job, jobs), "pretrain")))
+        base_acc = {n: trained[n][3] for n in names}
+        n_params = {n: sum(v.numel() for v in trained[n][0].values()) for n in names}
         for n in names:
-            base_acc[n] = _accuracy(models[n], tok, tests, max_new)
-            n_params = sum(p.numel() for p in models[n].parameters())
-            out.log(stage="pretrain", model=n, params=n_params, final_loss=trained[n][1],
+            out.log(stage="pretrain", model=n, params=n_params[n], final_loss=trained[n][1],
                     seconds=trained[n][2], greedy_accuracy=base_acc[n])  # fmt: skip
-        data: dict[int, dict[str, SampledData]] = {}
-        for seed in cfg.seeds:
-            data[seed] = _sample(cfg, out, models, tok, prompts, max_new, seed, names)
+        data = _sample(cfg, out, pool, specs, trained, tok, max_seq_len, prompts, max_new, n_params)
         jobs, keys = [], []
         for seed in cfg.seeds:
             for setup, who in SETUPS.items():
@@ -266,22 +298,42 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     return _results(cfg, data, tuned, base_acc, [s.name for s in sweep])
 
 
-def _sample(cfg, out, models, tok, prompts, max_new, seed, names) -> dict[str, SampledData]:
-    """SE samples k_se per problem; every WC model (main and sweep) samples to SE's FLOPs."""
-    got = {}
-    t = time.perf_counter()
-    se = igsm_sampler(models["SE"], tok, max_new, seed=seed)
-    got["SE"] = build_dataset(se, prompts, cfg.temperature, k=cfg.k_se)
-    budget = got["SE"].sampled.flops
-    for n in [m for m in names if m.startswith("WC")]:
-        wc = igsm_sampler(models[n], tok, max_new, seed=seed)
-        got[n] = build_dataset(wc, prompts, cfg.temperature, flops=budget)
-    for n, d in got.items():
-        s = d.stats
-        out.log(stage="sample", seed=seed, model=n, params=sum(p.numel() for p in models[n].parameters()),
-                k=d.sampled.k, tokens=d.sampled.tokens, flops=d.sampled.flops,
-                flops_ratio=d.sampled.flops / budget, coverage=s.coverage, diversity=s.diversity,
-                fpr=s.fpr, sample_accuracy=s.accuracy, kept=s.n_kept, seconds=time.perf_counter() - t)  # fmt: skip
+def _sample(cfg, out, pool, specs, trained, tok, max_seq_len, prompts, max_new, n_params):
+    """Per seed, SE samples k_se per problem; then every WC model (main and sweep) samples
+    to SE's measured FLOPs of that seed. Returns {seed: {model: SampledData}}."""
+    common = (tok, max_seq_len, prompts, max_new)
+    jobs = [(cfg, specs["SE"], trained["SE"][0], *common, s, cfg.k_se, None, 1) for s in cfg.seeds]
+    se = dict(zip(cfg.seeds, _map(pool, _sample_job, jobs)))
+    wcs = [n for n in specs if n.startswith("WC")]
+    jobs, keys = [], []
+    for seed in cfg.seeds:
+        for n in wcs:
+            # first round: 80% of the paper's S_WC = (P_SE / P_WC) * S_SE; then measured
+            first = max(1, int(0.8 * matched_samples(n_params["SE"], n_params[n], cfg.k_se)))
+            keys.append((seed, n))
+            jobs.append(
+                (
+                    cfg,
+                    specs[n],
+                    trained[n][0],
+                    *common,
+                    seed,
+                    None,
+                    se[seed][0].sampled.flops,
+                    first,
+                )
+            )
+    wc = dict(zip(keys, _map(pool, _sample_job, jobs)))
+    got: dict[int, dict[str, SampledData]] = {s: {} for s in cfg.seeds}
+    for (seed, n), result in [*(((s, "SE"), r) for s, r in se.items()), *wc.items()]:
+        d, params, seconds = result
+        got[seed][n] = d
+        st = d.stats
+        out.log(stage="sample", seed=seed, model=n, params=params, k=d.sampled.k,
+                tokens=d.sampled.tokens, flops=d.sampled.flops,
+                flops_ratio=d.sampled.flops / se[seed][0].sampled.flops, coverage=st.coverage,
+                diversity=st.diversity, fpr=st.fpr, sample_accuracy=st.accuracy, kept=st.n_kept,
+                seconds=seconds)  # fmt: skip
     return got
 
 
