@@ -41,6 +41,8 @@ def test_smoke_run_never_passes_on_nothing(tmp_path) -> None:
     for m in samples:  # every WC model sampled to SE's measured FLOPs
         assert m["flops"] == 2 * m["params"] * m["tokens"]
         assert m["k"] >= 1 and 0.5 < m["flops_ratio"] < 1.5
+    params = {m["model"]: m["params"] for m in logs if m["stage"] == "pretrain"}
+    assert all(params[m["model"]] == m["params"] for m in samples)  # tied weights once
     assert len([m for m in logs if m["stage"] == "finetune"]) == 6
     # smoke models learn nothing: 0 against 0 is NaN, never a pass
     by_claim = {r.claim: r for r in results}

@@ -165,16 +165,22 @@ def _pretrain_job(
     max_seq_len: int,
     tests: list[Problem],
     max_new: int,
-) -> tuple[dict, float, float, float]:
+) -> tuple[dict, float, float, float, int]:
     """Pretrain one generator and solve the test set (in a worker): (state dict, final loss,
-    training seconds, greedy accuracy)."""
+    training seconds, greedy accuracy, parameters; tied embeddings counted once)."""
     t0 = time.perf_counter()
     gen = _gen(cfg)
     pool = (generate(gen, cfg.data_seed, i) for i in itertools.count())
     tspec = TrainSpec(steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.seq_len, seed=0)
     model, loss = pretrain(spec, tok, pool, tspec, max_seq_len)
     seconds = time.perf_counter() - t0
-    return model.state_dict(), loss, seconds, _accuracy(model, tok, tests, max_new)
+    return (
+        model.state_dict(),
+        loss,
+        seconds,
+        _accuracy(model, tok, tests, max_new),
+        model.num_params(),
+    )
 
 
 def _sample_job(
@@ -278,7 +284,7 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         jobs = [(cfg, specs[n], steps[n], tok, max_seq_len, tests, max_new) for n in order]
         trained = dict(zip(order, out.track(_map(pool, _pretrain_job, jobs), "pretrain")))
         base_acc = {n: trained[n][3] for n in names}
-        n_params = {n: sum(v.numel() for v in trained[n][0].values()) for n in names}
+        n_params = {n: trained[n][4] for n in names}
         for n in names:
             out.log(stage="pretrain", model=n, params=n_params[n], final_loss=trained[n][1],
                     seconds=trained[n][2], greedy_accuracy=base_acc[n])  # fmt: skip
