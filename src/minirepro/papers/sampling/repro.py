@@ -90,7 +90,7 @@ class Config:
     student: Size = (32, 2, 2)
     sweep: tuple[Size, ...] = ()
     pretrain_steps: int = 3000
-    student_steps: int = 1000
+    student_steps: int = 2000
     batch_size: int = 2
     seq_len: int = 384
     lr: float = 1e-2
@@ -100,7 +100,7 @@ class Config:
     temperature: float = 0.7
     sample_batch: int = 1024
     finetune_steps: int = 400
-    finetune_lr: float = 3e-3
+    finetune_lr: float = 1e-3
     n_test: int = 200
     max_new_tokens: int | None = None
     threads: int | None = None
