@@ -401,8 +401,8 @@ def _results(cfg: Config, data, tuned, base_acc, sweep_names: list[str]) -> list
         [data[s][n].stats.coverage >= data[s]["SE"].stats.coverage for n in sweep] for s in seeds
     ]
     table = "; ".join(
-        f"{n}: k={mean([data[s][n].sampled.k for s in seeds]):g}, coverage {both_of(data, seeds, n, 'coverage')}, "
-        f"diversity {both_of(data, seeds, n, 'diversity')}, FPR {both_of(data, seeds, n, 'fpr')}"
+        f"{n}: k={mean([data[s][n].sampled.k for s in seeds]):g}, coverage {_both_of(data, seeds, n, 'coverage')}, "
+        f"diversity {_both_of(data, seeds, n, 'diversity')}, FPR {_both_of(data, seeds, n, 'fpr')}"
         for n in sweep
     )
     results.append(Result.check(
@@ -418,7 +418,7 @@ def _compared(wc: float, se: float) -> float:
     return wc - se if (wc or se) and not (math.isnan(wc) or math.isnan(se)) else math.nan
 
 
-def both_of(data, seeds, name: str, stat: str) -> str:
+def _both_of(data, seeds, name: str, stat: str) -> str:
     """'wc/se' means over seeds of one statistic."""
     a = sum(getattr(data[s][name].stats, stat) for s in seeds) / len(seeds)
     b = sum(getattr(data[s]["SE"].stats, stat) for s in seeds) / len(seeds)
