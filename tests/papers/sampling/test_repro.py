@@ -74,7 +74,9 @@ def test_finetune_learns_the_given_solutions_and_dataset_filters() -> None:
     model, _ = pretrain(spec, tok, iter(problems * 4), TrainSpec(steps=2, seq_len=192), 192)
     before = [p.detach().clone() for p in model.parameters()]
     pairs = [(p, p.solution) for p in problems] + [(problems[0], "Define <bos> junk")]
-    tuned, loss = finetune(model, tok, pairs, TrainSpec(steps=25, lr=1e-2, warmup_steps=2, seq_len=192))
+    tuned, loss = finetune(
+        model, tok, pairs, TrainSpec(steps=25, lr=1e-2, warmup_steps=2, seq_len=192)
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # a copy
     assert all(not torch.equal(a, b) for a, b in zip(before, tuned.parameters()))
     assert loss < 2.5  # from ~5 (uniform over the vocabulary) on 6 memorised solutions

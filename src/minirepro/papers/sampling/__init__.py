@@ -27,7 +27,10 @@ Implemented here:
 Deviations: tiny decoders (tens of thousands of parameters) on easy iGSM problems (op 1-2,
 two-layer structures, arithmetic mod 7, the retry paper's quick task) instead of Gemma2 9B /
 27B on MATH; the student is a third decoder pretrained briefly, not Gemma-7B; seeds vary
-sampling and finetuning, the generators are trained once. See NOTES.md.
+sampling and finetuning, the generators are trained once. At quick size the data claims
+reproduce (WC: higher coverage, diversity and exact FPR at matched measured FLOPs) but the
+finetuning claims do not: SE data finetune better in all three setups on average, with
+about half of all answer-filtered samples false positives (arithmetic mod 7). See NOTES.md.
 
 Run: `minirepro run sampling --preset quick` (smoke: seconds; full: closer to the paper).
 """
@@ -75,6 +78,7 @@ PAPER = Paper(
     config=Config,
     presets=PRESETS,
     run=run,
+    status="partial",  # the data claims reproduce, the finetuning claims do not (NOTES.md)
 )
 
 __all__ = [
