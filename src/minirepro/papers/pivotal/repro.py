@@ -20,8 +20,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import torch
-
 from minirepro.core.model import ModelConfig, Transformer
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.seed import seed_everything
@@ -119,7 +117,7 @@ class Config:
     beta: float = 0.1
     dpo_steps: int = 60
     dpo_batch_size: int = 8
-    dpo_lr: float = 3e-4
+    dpo_lr: float = 3e-5
     max_new_tokens: int | None = None
     threads: int | None = 1
     workers: int = 2
@@ -368,7 +366,7 @@ def _results(cfg: Config, per_seed: list[dict]) -> list[Result]:
         Result.check(
             CLAIMS[0], "O(log L) per pivot (Algorithm 1)", ratio, AtMost(1.0), seeds, unit="x bound",
             note=("mean over searched responses of p-estimates / (2 + max(1, pivots) * ceil(log2 L)); "
-                  f"p-estimates / (L + 1), the cost of estimating every prefix: "
+                  "p-estimates / (L + 1), the cost of estimating every prefix: "
                   + ", ".join(f"{v:.2f}" for v in per_len)),
         ),
         Result.check(
