@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from minirepro.papers.pivotal import (
-    PTSConfig,
     PreferencePair,
+    PTSConfig,
     SuccessEstimator,
     estimate_bound,
     pivot_pairs,
