@@ -139,6 +139,18 @@ def test_undefined_name_and_missing_answer():
     assert not r.correct and r.failed_step == 0
 
 
+def test_a_symbol_in_an_arithmetic_line_is_a_failed_step_not_an_error():
+    # a sampled solution wrote "so c = a + b = 1 + 1 = a ." : the checker used to raise
+    # KeyError evaluating the symbol in the arithmetic line
+    p = next(q for q in _problems(50) if any(s.text.count(" = ") >= 2 for s in q.steps))
+    k = next(i for i, s in enumerate(p.steps) if s.text.count(" = ") >= 2)
+    steps = _steps(p)
+    head, _ = steps[k].rsplit(" = ", 1)
+    bad = f"{head} = {p.steps[0].symbol}."
+    r = check_solution(p, " ".join([*steps[:k], bad, *steps[k + 1 :]]))
+    assert not r.correct and r.failed_step == k and "symbol" in r.reason
+
+
 def test_expressions_round_trip():
     for p in _problems(60):
         for s in p.steps:

@@ -232,6 +232,8 @@ def _check_step(
             got = render(chain[1]) if len(chain) > 1 else "nothing"
             return param, False, f"operand values: expected {render(values)}, got {got}"
         for a, b in zip(chain[1:], chain[2:]):
+            if any(not isinstance(x, int) for x in leaves(b)):
+                return param, False, f"'{render(b)}' names a symbol in an arithmetic line"
             if isinstance(a, int) or (not isinstance(b, int) and n_ops(b) >= n_ops(a)):
                 return param, False, f"'{render(a)} = {render(b)}' does not evaluate anything"
             if evaluate(a, mod) != evaluate(b, mod):
