@@ -105,7 +105,7 @@ class Config:
     batch_size: int = 2
     lr: float = 1e-2
     warmup_steps: int = 30
-    n_samples: int = 16
+    n_samples: int = 32
     p_gap: float = 0.2
     p_min: float = 0.2
     p_max: float = 0.8
@@ -157,7 +157,7 @@ PRESETS = {
     ),
     # <= 5 min on 2 cores: retry's quick task and policy (2-layer d=64, 3600 steps), two seeds
     # in two single-threaded workers; baseline p of 200 op 1-2 problems at temperature 0.7
-    # (about a tenth lie in [0.2, 0.8]), 4 responses searched per such problem with M=16
+    # (about a tenth lie in [0.2, 0.8]), 4 responses searched per such problem with M=32
     "quick": Config(),
     # closer to the report's protocol: M=32, more problems, longer SFT
     "full": Config(
