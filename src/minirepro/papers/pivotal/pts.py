@@ -182,13 +182,14 @@ def subdivide(
 
 
 def pivotal_tokens(
-    estimator: SuccessEstimator, response: Sequence[Token], cfg: PTSConfig
+    estimator: Callable[[Sequence[Token]], float], response: Sequence[Token], cfg: PTSConfig
 ) -> list[Pivot]:
     """The pivotal tokens of ``response`` to ``estimator.query``, or [] when the query's
     baseline p(success) lies outside ``[cfg.p_min, cfg.p_max]``.
 
     Args:
-        estimator: The cached p(success) of this query under a policy and an oracle.
+        estimator: ``estimator(response_prefix) -> p``: the cached p(success) of this
+            query under a policy and an oracle (a `SuccessEstimator`, or a wrapper of one).
         response: A whole response (e.g. sampled from the policy), tokens.
         cfg: Search settings (``p_gap``, the baseline range).
     """
