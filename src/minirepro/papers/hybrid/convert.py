@@ -134,7 +134,7 @@ def _random_mixer(cfg: ModelConfig, layer: int, name: str) -> nn.Module:
     from minirepro.core.model import make_mixer
 
     mixer = make_mixer(replace(cfg, mixer=name), layer)
-    for pname, p in mixer.named_parameters():  # the core decoder's generic init first
+    for _pname, p in mixer.named_parameters():  # the core decoder's generic init first
         if p.ndim >= 2:
             nn.init.normal_(p, std=cfg.init_std)
     mixer.init_mixer_weights()
