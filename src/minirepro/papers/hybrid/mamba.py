@@ -8,7 +8,8 @@
   z (H·P), x (H_kv·P, from W_V), B (H_kv·N, from W_K), C (H·N, from W_Q) and dt (H);
   x and B are repeated over each GQA group; one decay A per head; gated RMSNorm (or a
   plain silu gate), out_proj (from W_O). With n_kv_head = n_head it is transformers'
-  `Mamba2Mixer` with n_groups = n_head, weight for weight.
+  `Mamba2Mixer` with n_groups = n_head, weight for weight; the layout (z, x, B, C, dt; conv
+  over x, B, C before repeating; norm per head) is MambaInLlama's `Mamba2`.
 
 Options come from `ModelConfig.mixer_kwargs` (shared by every Mamba layer of a model):
 `d_state` (mamba: 16; mamba2: head_dim), `d_conv` (4), `expand` (mamba: 2), `dt_rank`
@@ -297,12 +298,13 @@ class Mamba2Mixer(_MambaBase):
 
     @torch.no_grad()
     def init_mixer_weights(self) -> None:
-        """Mamba-2's own init (A = -1..-H, D = 1, dt in [dt_min, dt_max], default conv)."""
+        """Mamba-2's own init (A in -[1, 16], D = 1, dt in [dt_min, dt_max], default conv)."""
         if self.A_log.is_meta:
             return
         if self.A_log.is_meta:
             return
-        self.A_log.copy_(torch.arange(1, self.n_head + 1, dtype=torch.float32).log())
+        # A ~ U(1, 16) per head, as MambaInLlama's Mamba-2 (A_init_range=(1, 16)).
+        self.A_log.copy_(torch.empty(self.n_head).uniform_(1.0, 16.0).log())
         self.D.fill_(1.0)
         self.norm_weight.fill_(1.0)
         self.conv1d.reset_parameters()
@@ -330,8 +332,8 @@ class Mamba2Mixer(_MambaBase):
         y = y.reshape(b, S, self.d_inner)  # (b, S, H*P)
         if self.use_gate:
             y = y * F.silu(z)
-        if self.gate_norm:  # transformers' Mamba2RMSNormGated, one group per kv head
-            g = y.float().reshape(b, S, self.n_kv_head, -1)
+        if self.gate_norm:  # gated RMSNorm over each head (MambaInLlama: group_size = P)
+            g = y.float().reshape(b, S, self.n_head, self.head_dim)
             g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.norm_eps)
             y = self.norm_weight * g.reshape(b, S, self.d_inner).to(y.dtype)
         return self.out_proj(y)
