@@ -22,7 +22,7 @@ from torch import Tensor
 
 from minirepro.papers.hybrid.mamba import checkpoint_states
 
-__all__ = ["SpeculativeStats", "speculative_generate"]
+__all__ = ["SpeculativeStats", "int8_draft", "layer_skip_draft", "speculative_generate"]
 
 
 @dataclass
@@ -137,3 +137,53 @@ def speculative_generate(
         out.pop()
     stats.tokens = len(out)
     return out, stats
+
+
+def layer_skip_draft(model, layers: Sequence[int]):
+    """A draft that runs only `layers` of `model` (in order), with its embedding, final norm
+    and head: self-speculation without a second set of weights (the layers are shared).
+
+    Args:
+        model: a core Transformer.
+        layers: increasing layer indices, fewer than the model has (e.g. the first 4 and the
+            last 4: skipping the middle keeps the layers that map to the vocabulary).
+    """
+    from dataclasses import replace
+
+    from torch import nn
+
+    from minirepro.core.model import Transformer
+
+    cfg = model.cfg
+    layers = list(layers)
+    if not layers or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= cfg.n_layer:
+        raise ValueError(f"layers must be increasing indices in [0, {cfg.n_layer}), got {layers}")
+    if len(layers) == cfg.n_layer:
+        raise ValueError("a draft must skip at least one layer")
+    mixer = tuple(cfg.mixer_of(i) for i in layers)
+    with torch.device("meta"):
+        draft = Transformer(replace(cfg, n_layer=len(layers), mixer=mixer))
+    draft.embed, draft.norm, draft.lm_head = model.embed, model.norm, model.lm_head
+    draft.layers = nn.ModuleList(model.layers[i] for i in layers)
+    return draft.eval()
+
+
+def int8_draft(model):
+    """A copy of `model` whose layers' linear maps hold int8 weights (torch's dynamic
+    quantisation; the embedding and head stay float): a draft with about a quarter of the
+    target's weight bytes in its layers, for a memory-bound CPU decode.
+
+    Args:
+        model: a core Transformer (hybrids included: Mamba projections are quantised, the
+            conv and the SSM parameters stay float).
+    """
+    import copy
+    import warnings
+
+    from torch import nn
+
+    draft = copy.deepcopy(model).float().eval()
+    with warnings.catch_warnings():  # torch.ao's dynamic quantisation warns of its migration
+        warnings.simplefilter("ignore")
+        draft.layers = torch.ao.quantization.quantize_dynamic(draft.layers, {nn.Linear}, dtype=torch.qint8)
+    return draft
