@@ -20,7 +20,8 @@ Implemented here:
   stage 2 kl_weight · KL(teacher ‖ student) + ce_weight · CE on teacher-generated text;
   progressive replacement (50% then 25% attention kept) in `repro.py`;
 - `speculative_generate` (greedy, K drafts verified in one target pass, `Cache.crop`
-  rollback) and drafts: `int8_draft`, `layer_skip_draft`.
+  rollback) and drafts: `int8_draft`, `layer_skip_draft`;
+- `save_hybrid` / `load_hybrid` (safetensors + config.json + tokenizer/).
 
 Deviations (see NOTES.md): at the quick size only the top 8 of SmolLM2's 30 layers are
 touched (4 replaced at 50%, 6 at 25%), on ~1.3k teacher tokens, and only the Mamba layers
@@ -29,6 +30,7 @@ train; no DPO stage; the draft is an int8 copy of the target, not a separate sma
 Run: `minirepro run hybrid` (quick preset); benchmark: `python benchmarks/hybrid.py`.
 """
 
+from minirepro.papers.hybrid.checkpoint import load_hybrid, save_hybrid
 from minirepro.papers.hybrid.convert import init_from_attention, replaced_layers, to_hybrid
 from minirepro.papers.hybrid.distill import (
     DistillConfig,
@@ -76,10 +78,12 @@ __all__ = [
     "init_from_attention",
     "int8_draft",
     "layer_skip_draft",
+    "load_hybrid",
     "record_teacher",
     "recurrent_scan",
     "replaced_layers",
     "run",
+    "save_hybrid",
     "selective_scan",
     "speculative_generate",
     "ssd_scan",

@@ -112,7 +112,9 @@ class TeacherRecord:
 
 
 @torch.no_grad()
-def record_teacher(teacher: Transformer, ids: Tensor, start: int, batch_size: int = 8) -> TeacherRecord:
+def record_teacher(
+    teacher: Transformer, ids: Tensor, start: int, batch_size: int = 8
+) -> TeacherRecord:
     """Run the teacher once over ids (N, S) and keep what the stages need from `start` up."""
     if not 0 <= start < teacher.cfg.n_layer:
         raise ValueError(f"start layer {start} out of range")
@@ -193,7 +195,9 @@ def distill(student: Transformer, rec: TeacherRecord, cfg: DistillConfig) -> dic
     """
     layers = _train_only_mamba(student)
     if not layers or min(layers) < rec.start:
-        raise ValueError(f"the student's Mamba layers {layers} must lie at or above layer {rec.start}")
+        raise ValueError(
+            f"the student's Mamba layers {layers} must lie at or above layer {rec.start}"
+        )
     n = rec.ids.shape[0]
     history: dict[str, list[float]] = {"stage1": [], "stage2": []}
     if cfg.stage1_steps:
@@ -236,7 +240,9 @@ def distill(student: Transformer, rec: TeacherRecord, cfg: DistillConfig) -> dic
 
 
 @torch.no_grad()
-def evaluate_student(student: Transformer, rec: TeacherRecord, batch_size: int = 8) -> dict[str, float]:
+def evaluate_student(
+    student: Transformer, rec: TeacherRecord, batch_size: int = 8
+) -> dict[str, float]:
     """Mean per-token KL(teacher ‖ student) and top-1 agreement with the teacher on `rec`.
 
     The student must equal the teacher below `rec.start` (true of every `to_hybrid` student
@@ -247,7 +253,9 @@ def evaluate_student(student: Transformer, rec: TeacherRecord, batch_size: int =
         raise ValueError(f"the student replaces layer {min(layers)} < recorded start {rec.start}")
     upper = _Upper(student, rec.start).eval()
     kl_sum, agree, count = 0.0, 0, 0
-    for residual, final in zip(rec.residual[rec.start].split(batch_size), rec.final.split(batch_size)):
+    for residual, final in zip(
+        rec.residual[rec.start].split(batch_size), rec.final.split(batch_size)
+    ):
         logp = upper(residual).float().log_softmax(-1)
         logq = student.lm_head(final).float().log_softmax(-1)
         kl_sum += float((logq.exp() * (logq - logp)).sum(-1).sum())

@@ -98,7 +98,10 @@ class Config:
             raise ValueError(f"window must be >= 2, got {self.window}")
         if not 0.0 <= self.keep_fraction < 1.0:
             raise ValueError(f"keep_fraction must be in [0, 1), got {self.keep_fraction}")
-        if self.progressive_keep is not None and not 0.0 <= self.progressive_keep < self.keep_fraction:
+        if (
+            self.progressive_keep is not None
+            and not 0.0 <= self.progressive_keep < self.keep_fraction
+        ):
             raise ValueError("progressive_keep must be in [0, keep_fraction)")
         if min(self.n_train, self.n_eval, self.new_tokens, self.spec_k, self.spec_tokens) < 1:
             raise ValueError("n_train, n_eval, new_tokens, spec_k and spec_tokens must be >= 1")
@@ -131,12 +134,16 @@ class _Teacher:
 
             p = load_smollm2()
             self.model = p.model
-            ask = lambda t: p.encode_chat([{"role": "user", "content": f"Write a short paragraph about {t}."}])  # noqa: E731
+            ask = lambda t: p.encode_chat(
+                [{"role": "user", "content": f"Write a short paragraph about {t}."}]
+            )  # noqa: E731
             self.train_prompts = [ask(t) for t in TRAIN_TOPICS[: cfg.n_train]]
             self.eval_prompts = [ask(t) for t in HELD_OUT_TOPICS]
         else:
             torch.manual_seed(1234)
-            mcfg = ModelConfig(vocab_size=64, n_layer=4, d_model=64, n_head=4, n_kv_head=2, init_std=0.3)
+            mcfg = ModelConfig(
+                vocab_size=64, n_layer=4, d_model=64, n_head=4, n_kv_head=2, init_std=0.3
+            )
             self.model = Transformer(mcfg).eval()
             g = torch.Generator().manual_seed(99)
             draw = lambda n: [torch.randint(0, 64, (6,), generator=g).tolist() for _ in range(n)]  # noqa: E731
@@ -197,7 +204,9 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     start = n_layer - window
     layers = [start + i for i in replaced_layers(window, cfg.keep_fraction)]
     ids = teacher_text(model, teacher.train_prompts, cfg.new_tokens, cfg.temperature, seed=0)
-    held = teacher_text(model, teacher.eval_prompts[: cfg.n_eval], cfg.new_tokens, cfg.temperature, seed=1)
+    held = teacher_text(
+        model, teacher.eval_prompts[: cfg.n_eval], cfg.new_tokens, cfg.temperature, seed=1
+    )
     rec, ev = record_teacher(model, ids, start), record_teacher(model, held, start)
     out.log(stage="data", train_tokens=ids.numel(), eval_tokens=held.numel(), replaced=layers)
     dcfg = lambda seed: DistillConfig(  # noqa: E731
@@ -234,7 +243,9 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
         more = [start + i for i in replaced_layers(window, cfg.progressive_keep)]
         more = [i for i in more if i not in mamba_layers(target)]
         if more:
-            h25, m = _distil_run(target, more, "attention", cfg.seeds[0], rec, ev, dcfg(cfg.seeds[0]))
+            h25, m = _distil_run(
+                target, more, "attention", cfg.seeds[0], rec, ev, dcfg(cfg.seeds[0])
+            )
             out.log(stage="progressive", keep=cfg.progressive_keep, replaced=mamba_layers(h25), **m)
     prompts = teacher.eval_prompts[: cfg.spec_prompts]
     spec = _speculative(cfg, target, prompts, out)

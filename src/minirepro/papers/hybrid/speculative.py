@@ -185,5 +185,7 @@ def int8_draft(model):
     draft = copy.deepcopy(model).float().eval()
     with warnings.catch_warnings():  # torch.ao's dynamic quantisation warns of its migration
         warnings.simplefilter("ignore")
-        draft.layers = torch.ao.quantization.quantize_dynamic(draft.layers, {nn.Linear}, dtype=torch.qint8)
+        draft.layers = torch.ao.quantization.quantize_dynamic(
+            draft.layers, {nn.Linear}, dtype=torch.qint8
+        )
     return draft
