@@ -167,7 +167,7 @@ def bench_long_context(report: BenchReport, contexts: list[int], repeats: int) -
             steps[name] = step
         t = time_contenders(steps, warmup=1, repeats=repeats)
         report.add_timings(t, baseline="attention (SmolLM2)", case="decode_step", context=C)
-        for name, (m, cache) in caches.items():
+        for name, (_, cache) in caches.items():
             report.add_case(
                 case="state_bytes", context=C, impl=name, mib=_state_bytes(cache, cache.pos) / 2**20
             )

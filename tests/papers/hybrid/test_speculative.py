@@ -93,3 +93,21 @@ def test_unrelated_draft_and_bad_arguments():
         speculative_generate(target, draft, prompt, 5, k=0)
     with pytest.raises(ValueError, match="prompt"):
         speculative_generate(target, draft, [], 5)
+
+
+def test_int8_and_layer_skip_drafts_keep_the_output_greedy():
+    from minirepro.papers.hybrid import int8_draft, layer_skip_draft
+
+    target = _target(4)
+    prompt = [5, 6, 7, 8]
+    greedy = generate(target, prompt, max_new_tokens=25)[0]
+    q = int8_draft(target)
+    assert q.layers[0].mixer.in_proj is not target.layers[0].mixer.in_proj  # a copy
+    for draft in (q, layer_skip_draft(target, [0, 2])):
+        out, stats = speculative_generate(target, draft, prompt, 25, k=4)
+        assert out == greedy
+    assert layer_skip_draft(target, [0, 2]).layers[1] is target.layers[2]  # shared, not copied
+    with pytest.raises(ValueError, match="increasing"):
+        layer_skip_draft(target, [2, 0])
+    with pytest.raises(ValueError, match="skip at least one"):
+        layer_skip_draft(target, [0, 1, 2])
