@@ -32,8 +32,20 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def _grads(module, names):
-    return [dict(module.named_parameters())[n].grad for n in names]
+def _assert_same_outputs_and_grads(ours, hf, S: int, d: int) -> None:
+    """Outputs, input gradients and every parameter's gradient, ours vs transformers'."""
+    x = torch.randn(2, S, d, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, y_ref = ours(x, _inp(S)), hf(x2)
+    assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    hf_params = dict(hf.named_parameters())
+    for n, p in ours.named_parameters():
+        ref = hf_params[n.replace("norm_weight", "norm.weight")].grad
+        assert_close(p.grad, ref, atol=1e-4, rtol=1e-4, msg=n)
 
 
 @pytest.mark.parametrize("S", [1, 7, 33])
@@ -52,17 +64,7 @@ def test_mamba1_equals_transformers(S):
     )  # fmt: skip
     hf = HFMixer(hf_cfg, 0).eval()
     hf.load_state_dict(ours.state_dict())
-    x = torch.randn(2, S, d, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    y, y_ref = ours(x, _inp(S)), hf(x2)
-    assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
-    w = torch.randn_like(y)
-    (y * w).sum().backward()
-    (y_ref * w).sum().backward()
-    assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
-    names = [n for n, _ in ours.named_parameters()]
-    for n, g, g_ref in zip(names, _grads(ours, names), _grads(hf, names)):
-        assert_close(g, g_ref, atol=1e-4, rtol=1e-4, msg=n)
+    _assert_same_outputs_and_grads(ours, hf, S, d)
 
 
 @pytest.mark.parametrize(("S", "chunk"), [(1, 8), (13, 4), (40, 16)])
@@ -86,17 +88,7 @@ def test_mamba2_equals_transformers(S, chunk):
     hf = HFMixer(hf_cfg, 0).eval()
     sd = {k.replace("norm_weight", "norm.weight"): v for k, v in ours.state_dict().items()}
     hf.load_state_dict(sd)
-    x = torch.randn(2, S, d, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    y, y_ref = ours(x, _inp(S)), hf(x2)
-    assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
-    w = torch.randn_like(y)
-    (y * w).sum().backward()
-    (y_ref * w).sum().backward()
-    assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
-    for n, p in ours.named_parameters():
-        ref = dict(hf.named_parameters())[n.replace("norm_weight", "norm.weight")].grad
-        assert_close(p.grad, ref, atol=1e-4, rtol=1e-4, msg=n)
+    _assert_same_outputs_and_grads(ours, hf, S, d)
 
 
 @pytest.mark.parametrize(
