@@ -119,8 +119,10 @@ def causal_conv(x: Tensor, conv: nn.Conv1d, state: Tensor | None) -> tuple[Tenso
         state = xt.new_zeros(xt.shape[0], xt.shape[1], K - 1)
     full = torch.cat([state, xt], dim=-1)  # (b, C, K-1+L)
     # As a sum over the K taps: torch's grouped conv1d costs ~10 ms a call on small inputs here.
-    windows = full.unfold(-1, K, 1)  # (b, C, L, K)
-    y = torch.einsum("bclk,ck->bcl", windows, conv.weight[:, 0])  # (b, C, L)
+    w, L = conv.weight[:, 0], xt.shape[-1]  # (C, K)
+    y = full[:, :, K - 1 :] * w[:, K - 1, None]  # (b, C, L)
+    for k in range(K - 1):
+        y = torch.addcmul(y, full[:, :, k : k + L], w[:, k, None])
     if conv.bias is not None:
         y = y + conv.bias[:, None]
     return F.silu(y).transpose(1, 2), full[:, :, full.shape[-1] - (K - 1) :]
@@ -313,8 +315,11 @@ class Mamba2Mixer(_MambaBase):
         self.dt_bias.copy_(_inverse_softplus(dt.clamp(min=1e-4)))
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z, xs, B, C, dt = self.in_proj(x).split(self.split, dim=-1)
-        return z, torch.cat([xs, B, C], dim=-1), dt  # conv runs over x, B and C together
+        # x, B and C are adjacent columns: the conv runs over them together, no copy.
+        z, xbc, dt = self.in_proj(x).split(
+            [self.split[0], self.conv_channels, self.split[4]], dim=-1
+        )
+        return z, xbc, dt
 
     def _ssm_inputs(self, xbc: Tensor, dt_raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, S, _ = xbc.shape
