@@ -93,6 +93,11 @@ def test_unrelated_draft_and_bad_arguments():
         speculative_generate(target, draft, prompt, 5, k=0)
     with pytest.raises(ValueError, match="prompt"):
         speculative_generate(target, draft, [], 5)
+    with pytest.raises(ValueError, match="prompt"):
+        speculative_generate(target, draft, [[1, 2], [3, 4]], 5)  # one sequence at a time
+    other = Transformer(ModelConfig(vocab_size=40, n_layer=1, d_model=32, n_head=4))
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        speculative_generate(target, other, prompt, 5)
 
 
 def test_int8_and_layer_skip_drafts_keep_the_output_greedy():

@@ -93,6 +93,9 @@ def speculative_generate(
         raise ValueError(f"k must be >= 1, got {k}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    vocab = [getattr(getattr(m, "cfg", None), "vocab_size", None) for m in (target, draft)]
+    if None not in vocab and vocab[0] != vocab[1]:
+        raise ValueError(f"target and draft vocabularies differ: {vocab[0]} vs {vocab[1]} tokens")
     device = next(target.parameters()).device
     ids = _as_prompt(prompt, device)
     stats = SpeculativeStats(k)
