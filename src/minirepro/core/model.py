@@ -462,7 +462,10 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2·n_layer)
-        (GPT-2's rule, so the residual stream's variance does not grow with depth)."""
+        (GPT-2's rule, so the residual stream's variance does not grow with depth).
+
+        A plugged-in module with its own scheme (a state-space mixer's decay rates and conv)
+        defines `init_mixer_weights()`, called after the generic init."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.ndim < 2:  # norm gains (and any bias a plugged-in mixer adds) keep their init
@@ -471,6 +474,9 @@ class Transformer(nn.Module):
             nn.init.normal_(
                 p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer) if residual_out else std
             )
+        for module in self.modules():
+            if hasattr(module, "init_mixer_weights"):
+                module.init_mixer_weights()
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights counted once

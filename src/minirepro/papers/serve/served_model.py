@@ -227,6 +227,7 @@ def load_checkpoint_model(path: str | Path) -> ServedModel:
     weights = _weights_file(Path(path))
     folders = [weights.parent, *list(weights.parent.parents)[:2]]
     cfg = ModelConfig(**_find_model_config(folders))
+    _register_mixers(cfg)
     model = Transformer(cfg)
     try:
         load_model(model, str(weights))
@@ -249,6 +250,19 @@ def load_checkpoint_model(path: str | Path) -> ServedModel:
             chat = make_plain_chat_encoder(tokenizer.encode)
     name = Path(path).name if Path(path).is_dir() else weights.parent.name
     return ServedModel(name, model.eval(), tokenizer, chat, eos)
+
+
+# Token mixers that a paper registers when imported: a checkpoint naming one loads it.
+_MIXER_PACKAGES = {"mamba": "minirepro.papers.hybrid", "mamba2": "minirepro.papers.hybrid"}
+
+
+def _register_mixers(cfg: Any) -> None:
+    import importlib
+
+    for i in range(cfg.n_layer):
+        package = _MIXER_PACKAGES.get(cfg.mixer_of(i))
+        if package is not None:
+            importlib.import_module(package)
 
 
 def _hf_chat_encoder(tokenizer: Any) -> Callable[[list[dict[str, str]]], list[int]]:
