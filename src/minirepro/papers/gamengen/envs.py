@@ -65,6 +65,7 @@ class GameEnv(ABC):
         After `done` the returned frame is the last one seen; call `reset` next.
         """
 
+    @abstractmethod
     def close(self) -> None:
         """Frees the engine."""
 

@@ -69,6 +69,10 @@ class GameSession:
                 f"need {n} start frames of {s}x{s}x3 and {n} actions, got "
                 f"{start_frames.shape} and {len(start_actions)}"
             )
+        if not 1 <= steps <= model.cfg.T:
+            raise ValueError(f"steps must be in [1, {model.cfg.T}], got {steps}")
+        if not 0.0 <= context_sigma <= model.cfg.max_sigma:
+            raise ValueError(f"context_sigma must be in [0, {model.cfg.max_sigma}], got {context_sigma}")
         self.model = model.eval()
         self.steps, self.context_sigma = steps, context_sigma
         self._start = (start_frames.copy(), np.asarray(start_actions, np.int64).copy())
