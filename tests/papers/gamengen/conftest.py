@@ -16,6 +16,7 @@ from minirepro.papers.gamengen.dataset import Gameplay
 @pytest.fixture(scope="session")
 def doom_play():
     """~300 frames of ViZDoom basic at 16x16: scripted agent then random play."""
+    pytest.importorskip("vizdoom", reason="pip install -e '.[gamengen]'")
     with make_env("doom_basic", frame_size=16, seed=3, episode_steps=60) as env:
         agent = record(env, ScriptedPolicy(0.3, seed=0), 150)
         rand = record(env, RandomPolicy(seed=1), 150)

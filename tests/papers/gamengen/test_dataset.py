@@ -51,9 +51,18 @@ def test_bad_values_are_rejected():
     with pytest.raises(ValueError, match="actions must be in"):
         Gameplay(good.frames, good.actions + 5, good.rewards, good.episodes, good.action_names, "t")
     with pytest.raises(ValueError, match="uint8"):
-        Gameplay(good.frames.astype(np.float32), good.actions, good.rewards, good.episodes, good.action_names, "t")
+        Gameplay(
+            good.frames.astype(np.float32),
+            good.actions,
+            good.rewards,
+            good.episodes,
+            good.action_names,
+            "t",
+        )
     with pytest.raises(ValueError, match="non-decreasing"):
-        Gameplay(good.frames, good.actions, good.rewards, good.episodes[::-1], good.action_names, "t")
+        Gameplay(
+            good.frames, good.actions, good.rewards, good.episodes[::-1], good.action_names, "t"
+        )
 
 
 def test_load_rejects_other_files(tmp_path):

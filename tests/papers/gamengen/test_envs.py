@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from minirepro.papers.gamengen import (
+pytest.importorskip("vizdoom", reason="pip install -e '.[gamengen]'")
+
+from minirepro.papers.gamengen import (  # noqa: E402
     RandomPolicy,
     ScriptedPolicy,
     make_env,
@@ -32,6 +34,7 @@ def test_scripted_agent_beats_random_play_in_doom():
 
 
 def test_atari_pong_records_with_the_same_interface():
+    pytest.importorskip("ale_py", reason="pip install -e '.[gamengen]'")
     with make_env("atari_pong", frame_size=32, seed=0) as env:
         assert env.action_names == ("NOOP", "RIGHT", "LEFT")
         play = record(env, ScriptedPolicy(epsilon=0.2, seed=0), 60)
@@ -48,6 +51,7 @@ def test_unknown_games_and_sizes_are_rejected():
 
 
 def test_ppo_from_stable_baselines3_trains_and_plays():
+    pytest.importorskip("stable_baselines3", reason="pip install -e '.[gamengen]'")
     with make_env("doom_basic", frame_size=16, seed=0, episode_steps=20) as env:
         policy = train_ppo(env, steps=64, n_steps=32, batch_size=16, n_epochs=1)
         play = record(env, policy, 30)

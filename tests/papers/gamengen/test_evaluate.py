@@ -50,6 +50,7 @@ def test_action_sensitivity_tells_a_model_that_follows_actions_from_one_that_doe
     otherwise scores 1; a model blind to actions scores 0 (ties never count)."""
     model = tiny_model().eval()
     n = model.cfg.context
+
     class Oracle(torch.nn.Module):
         cfg = model.cfg
 

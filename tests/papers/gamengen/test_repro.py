@@ -11,7 +11,9 @@ runner = CliRunner(env={"COLUMNS": "200"})
 
 
 def test_smoke_run_writes_results_media_and_a_playable_model(tmp_path):
-    r = runner.invoke(cli.app, ["run", "gamengen", "--preset", "smoke", "--runs-dir", str(tmp_path)])
+    r = runner.invoke(
+        cli.app, ["run", "gamengen", "--preset", "smoke", "--runs-dir", str(tmp_path)]
+    )
     assert r.exit_code in (0, 1), r.output  # smoke is too small for every claim to pass
     (run,) = (tmp_path / "gamengen").iterdir()
     doc = json.loads((run / "result.json").read_text())
