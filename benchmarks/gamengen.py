@@ -32,7 +32,7 @@ def _model(size: int) -> WorldModel:
         frame_size=size, context=q.context, n_actions=4, channels=q.channels, d_emb=q.d_emb,
         attn_max_res=size // 2,
     )  # fmt: skip
-    return WorldModel(cfg).eval()
+    return WorldModel(cfg).eval().to(memory_format=torch.channels_last)  # as GameSession
 
 
 def _generate(model: WorldModel, ctx: torch.Tensor, steps: int) -> torch.Tensor:

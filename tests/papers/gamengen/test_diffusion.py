@@ -65,22 +65,30 @@ def test_noise_buckets():
     assert counts.min() > 800  # ~1000 each: uniform over the buckets
 
 
-def test_augmentation_touches_the_context_never_the_target(doom_play):
-    """Same generator, with and without augmentation: the target's noisy version, its
-    timestep and v-target are identical; only the context (and its bucket) differ."""
+@pytest.mark.parametrize("residual", [False, True])
+def test_augmentation_touches_the_context_never_the_target(doom_play, residual):
+    """The frame the diffusion reconstructs is always the clean target; the augmentation
+    noise is only in the context. Whole-frame diffusion: batches with and without
+    augmentation from one generator have bit-identical noisy targets and v-targets."""
     targets = doom_play.windows(3)[:32]
     batches = {}
     for aug in (True, False):
-        model = tiny_model(noise_aug=aug, context_dropout=0.0)
+        model = tiny_model(noise_aug=aug, context_dropout=0.0, residual=residual)
         g = torch.Generator().manual_seed(7)
         batches[aug] = make_batch(doom_play, targets, model.cfg, model.schedule, g)
     on, off = batches[True], batches[False]
-    for key in ("x_t", "t", "v", "x0", "actions"):
+    for key in ("t", "x0", "actions", "clean_context"):
         torch.testing.assert_close(on[key], off[key], rtol=0, atol=0)
-    # the target is x_t = alpha x0 + sigma eps with the diffusion noise only
+    if not residual:
+        for key in ("x_t", "v"):
+            torch.testing.assert_close(on[key], off[key], rtol=0, atol=0)
     sched = tiny_model().schedule
-    x0_back, _ = sched.x0_eps(on["x_t"], on["t"], on["v"])
-    torch.testing.assert_close(x0_back, on["x0"], atol=1e-5, rtol=0)
+    for batch in (on, off):
+        # the target is x_t = alpha (x0 - base) + sigma eps with the diffusion noise only
+        delta, _ = sched.x0_eps(batch["x_t"], batch["t"], batch["v"])
+        torch.testing.assert_close(batch["base"] + delta, batch["x0"], atol=1e-5, rtol=0)
+        expected_base = batch["context"][:, -1] if residual else torch.zeros_like(batch["x0"])
+        torch.testing.assert_close(batch["base"], expected_base, rtol=0, atol=0)
     torch.testing.assert_close(off["context"], off["clean_context"], rtol=0, atol=0)
     assert off["bucket"].eq(0).all()
     noise = on["context"] - on["clean_context"]  # (B, N, 3, H, W)

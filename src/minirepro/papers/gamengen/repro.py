@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from minirepro.core.precision import check_precision
 from minirepro.core.results import AtLeast, Between, Result, RunDir
 from minirepro.core.seed import seed_everything
 from minirepro.core.threads import num_threads, process_pool
@@ -51,6 +52,9 @@ class Config:
         epsilon, hold: The scripted agent's random-action rate and action hold.
         channels, d_emb: The U-Net's width.
         train_steps, batch_size, lr: Training of each world model.
+        precision: The trainer's ("bf16": autocast forward, fp32 weights; 1.7x faster
+            steps here with AMX; falls back to fp32 without native bf16).
+        residual: Diffuse the change from the last context frame (see WorldModelConfig).
         ddim_steps: Denoising steps when playing ("4" in the paper).
         ddim_ref_steps: The many-step sampler it is compared with.
         eval_frames: Held-out frames for teacher-forced PSNR (and 50-step DDIM: a quarter).
@@ -78,6 +82,8 @@ class Config:
     train_steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
+    precision: str = "bf16"
+    residual: bool = True
     ddim_steps: int = 4
     ddim_ref_steps: int = 50
     eval_frames: int = 256
@@ -90,6 +96,7 @@ class Config:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not self.seeds:
             raise ValueError("need at least one seed")
         if not 1 <= self.rollout_from <= self.rollout_len:
@@ -141,7 +148,7 @@ def _model_config(cfg: Config, data: Gameplay, noise_aug: bool) -> WorldModelCon
     return WorldModelConfig(
         frame_size=cfg.frame_size, context=cfg.context, n_actions=len(data.action_names),
         channels=cfg.channels, d_emb=cfg.d_emb, action_names=data.action_names,
-        noise_aug=noise_aug, attn_max_res=cfg.frame_size // 2,
+        noise_aug=noise_aug, attn_max_res=cfg.frame_size // 2, residual=cfg.residual,
     )  # fmt: skip
 
 
@@ -158,7 +165,7 @@ def _train_pair(cfg: Config, data: Gameplay, seed: int) -> dict[str, tuple[World
     tcfg = TrainConfig(
         steps=cfg.train_steps, lr=cfg.lr, weight_decay=0.0, warmup_steps=min(50, cfg.train_steps // 10),
         min_lr_ratio=0.1, batch_size=cfg.batch_size, log_every=max(1, cfg.train_steps // 10),
-        seed=seed,
+        seed=seed, precision=cfg.precision,
     )  # fmt: skip
     jobs = {"aug": _model_config(cfg, data, True), "noaug": _model_config(cfg, data, False)}
     if cfg.workers > 1:
