@@ -5,7 +5,9 @@
 - Each past action is one learned token (plus a position embedding); the tokens replace
   the text prompt as the keys/values of cross-attention at the low-resolution levels.
 - The timestep embedding plus the noise-augmentation bucket's embedding modulates every
-  residual block (scale and shift).
+  residual block (scale and shift); with `action_film` a projection of the action tokens is
+  added to it too (not in the paper: at our training budget cross-attention alone learned
+  the actions slowly; NOTES.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class UNetConfig:
         n_buckets: Noise-augmentation buckets (embeddings).
         attn_max_res: Cross-attention to the action tokens at resolutions <= this.
         n_head: Attention heads.
+        action_film: Also add a projection of the action tokens to the block modulation.
     """
 
     frame_size: int = 32
@@ -43,6 +46,7 @@ class UNetConfig:
     n_buckets: int = 10
     attn_max_res: int = 16
     n_head: int = 4
+    action_film: bool = True
 
     def __post_init__(self) -> None:
         down = 2 ** (len(self.channels) - 1)
@@ -114,6 +118,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.bucket_emb.weight)  # bucket 0 starts as "no embedding"
         self.action_emb = nn.Embedding(cfg.n_actions, d)
         self.action_pos = nn.Parameter(torch.randn(cfg.context, d) * 0.02)
+        self.action_film = nn.Linear(cfg.context * d, d) if cfg.action_film else None
         self.stem = nn.Conv2d(3 * (cfg.context + 1), ch[0], 3, padding=1)
         res = cfg.frame_size
         self.down = nn.ModuleList()
@@ -171,6 +176,8 @@ class UNet(nn.Module):
             )
         emb = self.time_mlp(timestep_embedding(t, self.cfg.d_emb)) + self.bucket_emb(bucket)
         tokens = self.action_emb(actions) + self.action_pos  # (B, N, d)
+        if self.action_film is not None:
+            emb = emb + self.action_film(tokens.flatten(1))  # (B, N*d) -> (B, d)
         h = self.stem(torch.cat([x_t, context.flatten(1, 2)], dim=1))  # (B, 3(N+1), H, W) in
         skips = []
         for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):
