@@ -91,3 +91,17 @@ def test_save_load_round_trip(tmp_path):
         WorldModel.load(junk)
     with pytest.raises(FileNotFoundError):
         WorldModel.load(tmp_path / "none.safetensors")
+
+
+def test_load_names_weights_that_do_not_fit_the_config(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_model().save(tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    del tensors["model.unet.action_film.weight"]
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="do not fit"):
+        WorldModel.load(tmp_path / "cut.safetensors")

@@ -186,10 +186,15 @@ class WorldModel(nn.Module):
             raise ValueError(
                 f"{path} is not a gamengen world model (format {meta.get('format')!r})"
             )
-        raw = json.loads(meta["config"])
-        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        model = WorldModel(WorldModelConfig(**raw))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        try:
+            raw = json.loads(meta["config"])
+            raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+            model = WorldModel(WorldModelConfig(**raw))
+            weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            model.load_state_dict(weights)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            msg = str(exc).splitlines()[0] + (" ..." if "\n" in str(exc) else "")
+            raise ValueError(f"{path}: weights and config do not fit this version: {msg}") from None
         extras = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
         return model.eval(), extras
 
