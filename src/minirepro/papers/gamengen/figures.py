@@ -17,7 +17,7 @@ __all__ = ["save_curves", "save_rollout_media"]
 
 
 def save_rollout_media(
-    out: RunDir, aug: RolloutResult, noaug: RolloutResult, *, scale: int = 4
+    out: RunDir, aug: RolloutResult, noaug: RolloutResult, *, scale: int = 3
 ) -> None:
     """figures/rollout_strip.png (real / with / without augmentation at a few steps) and
     figures/rollout.gif (the first rollouts side by side, every generated frame)."""
@@ -39,7 +39,7 @@ def save_rollout_media(
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle("autoregressive rollout, recorded actions", fontsize=9)
     out.savefig(fig, "rollout_strip")
-    n = min(3, aug.frames.shape[0])
+    n = min(2, aug.frames.shape[0])  # a short GIF: two rollouts
     gif = []
     for k in range(length):
         tiles = [
