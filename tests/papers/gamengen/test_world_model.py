@@ -101,7 +101,7 @@ def test_load_names_weights_that_do_not_fit_the_config(tmp_path):
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    del tensors["model.unet.action_film.weight"]
+    del tensors["model.unet.action_emb.weight"]
     save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match="do not fit"):
         WorldModel.load(tmp_path / "cut.safetensors")

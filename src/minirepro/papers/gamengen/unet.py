@@ -6,8 +6,7 @@
   the text prompt as the keys/values of cross-attention at the low-resolution levels.
 - The timestep embedding plus the noise-augmentation bucket's embedding modulates every
   residual block (scale and shift); with `action_film` a projection of the action tokens is
-  added to it too (not in the paper: at our training budget cross-attention alone learned
-  the actions slowly; NOTES.md).
+  added to it too (not in the paper; off by default: it did worse here, NOTES.md).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class UNetConfig:
     n_buckets: int = 10
     attn_max_res: int = 16
     n_head: int = 4
-    action_film: bool = True
+    action_film: bool = False
 
     def __post_init__(self) -> None:
         down = 2 ** (len(self.channels) - 1)
