@@ -40,16 +40,18 @@ class GlyphConfig:
         noisy_frac: share of records given a wrong answer.
         loop_words: length of a looping answer in words.
         noise: std of the background noise in grey levels (0-255).
+        aligned: put glyphs on the 8 px grid (one glyph per patch of an unresized tile).
     """
 
     tile: int = 64
     ratios: tuple[int, ...] = (2, 3, 4)
-    n_digits: tuple[int, int] = (3, 5)
+    n_digits: tuple[int, int] = (2, 3)
     kinds: tuple[str, ...] = KINDS
     repetitive_frac: float = 0.0
     noisy_frac: float = 0.0
     loop_words: int = 24
     noise: float = 8.0
+    aligned: bool = True
 
     def __post_init__(self) -> None:
         for k in self.kinds:
@@ -100,6 +102,8 @@ def _canvas(rng: np.random.Generator, cfg: GlyphConfig, glyphs: np.ndarray) -> n
     for i, g in enumerate(glyphs):
         along = i * slot + int(rng.integers(0, slot - 8 + 1))
         across = int(rng.integers(0, side - 8 + 1))
+        if cfg.aligned:  # on the 8 px patch grid of the tiles
+            along, across = along // 8 * 8, across // 8 * 8
         canvas[across : across + 8, along : along + 8] = np.maximum(
             canvas[across : across + 8, along : along + 8], g
         )
@@ -144,9 +148,9 @@ def generate_glyphs(
             loop = [str(d) for d in digits[:2]] * cfg.loop_words
             rec["answer"], rec["repetitive"] = " ".join(loop[: cfg.loop_words]), True
         elif rng.random() < cfg.noisy_frac:
-            wrong = [int(d) for d in rng.integers(0, 10, len(digits))]
-            if wrong != digits:
-                rec["answer"], rec["noisy"] = _answer(kind, wrong), True
+            wrong = _answer(kind, [int(d) for d in rng.integers(0, 10, len(digits))])
+            if wrong != rec["answer"]:
+                rec["answer"], rec["noisy"] = wrong, True
         records.append(rec)
     return records
 

@@ -43,6 +43,9 @@ def weighted_lm_loss(logits: Tensor, labels: Tensor, mode: str = "square") -> Te
     if not bool((w > 0).any()):
         raise ValueError("the batch has no supervised tokens")
     ce = F.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
+        logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32)),
+        labels.flatten(),
+        ignore_index=-100,
+        reduction="none",
     ).view_as(w)  # (B, S)
     return (w * ce).sum() / w.sum()

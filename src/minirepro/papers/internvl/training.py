@@ -22,7 +22,8 @@ from minirepro.papers.internvl.vlm import IMG_END, IMG_START, SEP, VLM, build_pr
 
 __all__ = [
     "FULL_STAGES", "PROGRESSIVE_STAGES", "STAGES", "WEIGHT_DECAY", "Example", "Stage",
-    "collate", "encode_record", "encode_text_record", "set_trainable", "train_llm_text",
+    "GlyphProbe", "collate", "encode_record", "encode_text_record", "pretrain_vit",
+    "set_trainable", "train_llm_text",
     "train_stage",
 ]  # fmt: skip
 
@@ -173,3 +174,47 @@ def train_llm_text(
         return weighted_lm_loss(model(b["input_ids"]), b["labels"], "token")
 
     return train(llm, cfg, _batches(examples, batch_size, pad_id), loss_fn).history
+
+
+class GlyphProbe(nn.Module):
+    """A ViT with a linear classifier on its max-pooled patch tokens (pretraining head)."""
+
+    def __init__(self, vit: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.vit = vit
+        self.head = nn.Linear(vit.cfg.d_model, n_classes)
+
+    def forward(self, tiles: Tensor) -> Tensor:
+        """tiles (N, C, S, S) -> class logits (N, n_classes)."""
+        return self.head(self.vit(tiles)[:, 1:].max(1).values)
+
+
+def pretrain_vit(
+    vit: nn.Module, tiles: Tensor, labels: Tensor, steps: int, *, lr: float,
+    batch_size: int = 32, seed: int = 0,
+) -> list[dict[str, float]]:  # fmt: skip
+    """Pretrain the ViT to classify the glyph in each tile: the stand-in for InternViT's
+    own pretraining (the paper starts from a pretrained ViT and a pretrained LLM).
+
+    Args:
+        vit: the ViT, trained in place.
+        tiles: (N, C, S, S) tiles holding one glyph each.
+        labels: (N,) class ids.
+        steps, lr, batch_size, seed: optimisation.
+    """
+    if len(tiles) != len(labels) or not len(tiles):
+        raise ValueError(f"need as many labels as tiles (> 0), got {len(tiles)} and {len(labels)}")
+    probe = GlyphProbe(vit, int(labels.max()) + 1)
+    cfg = TrainConfig(
+        steps=steps, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=max(1, steps // 10),
+        batch_size=batch_size, seed=seed, log_every=max(1, steps // 10),
+    )  # fmt: skip
+
+    def get_batch(step: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(tiles), (batch_size,), generator=g)
+        return tiles[idx], labels[idx]
+
+    def loss_fn(model: nn.Module, b: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.nn.functional.cross_entropy(model(b[0]), b[1])
+
+    return train(probe, cfg, get_batch, loss_fn).history

@@ -20,6 +20,9 @@ class ViTConfig:
         patch_size: side of a patch (14 in the paper, 8 here: 8x8 = 64 tokens per tile).
         channels: input channels (1 for grey glyphs, 3 for RGB).
         d_model, n_layer, n_head: encoder width, depth and heads.
+        pixel_mean, pixel_std: inputs in [0, 1] are standardised as (x - mean) / std, as the
+            reference's transform does with ImageNet's statistics; without it a mostly dark
+            canvas gives nearly identical tokens and nothing to learn from.
     """
 
     image_size: int = 64
@@ -28,6 +31,8 @@ class ViTConfig:
     d_model: int = 48
     n_layer: int = 2
     n_head: int = 4
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
 
     def __post_init__(self) -> None:
         if min(self.image_size, self.patch_size, self.channels, self.d_model) < 1:
@@ -66,6 +71,7 @@ class ViT(nn.Module):
         c, s = self.cfg.channels, self.cfg.image_size
         if tiles.ndim != 4 or tuple(tiles.shape[1:]) != (c, s, s):
             raise ValueError(f"tiles must be (N, {c}, {s}, {s}), got {tuple(tiles.shape)}")
-        x = self.patch(tiles).flatten(2).transpose(1, 2)  # (N, grid², d_model), row-major
+        x = (tiles - self.cfg.pixel_mean) / self.cfg.pixel_std
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (N, grid², d_model), row-major
         x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
         return self.norm(self.encoder(x))
