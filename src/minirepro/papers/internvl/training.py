@@ -104,6 +104,16 @@ def set_trainable(vlm: VLM, stage: Stage) -> None:
         getattr(vlm, name).requires_grad_(name in stage.trains)
 
 
+def _train_config(
+    steps: int, lr: float, batch_size: int, seed: int, eval_every: int = 0
+) -> TrainConfig:
+    """AdamW with the paper's weight decay, 10% warmup, cosine decay."""
+    return TrainConfig(
+        steps=steps, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=max(1, steps // 10),
+        batch_size=batch_size, seed=seed, eval_every=eval_every, log_every=max(1, steps // 10),
+    )  # fmt: skip
+
+
 def _batches(examples: Sequence[Example], batch_size: int, pad_id: int):
     if not examples:
         raise ValueError("no training examples")
@@ -145,11 +155,7 @@ def train_stage(
     """
     stage = STAGES[stage] if isinstance(stage, str) else stage
     set_trainable(vlm, stage)
-    cfg = TrainConfig(
-        steps=steps, lr=stage.lr * lr_scale, weight_decay=WEIGHT_DECAY,
-        warmup_steps=max(1, steps // 10), batch_size=batch_size, seed=seed,
-        eval_every=eval_every, log_every=max(1, steps // 10),
-    )  # fmt: skip
+    cfg = _train_config(steps, stage.lr * lr_scale, batch_size, seed, eval_every)
 
     def loss_fn(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
         return weighted_lm_loss(model(b["input_ids"], b["tiles"]), b["labels"], weighting)
@@ -165,10 +171,7 @@ def train_llm_text(
 ) -> list[dict[str, float]]:  # fmt: skip
     """Pretrain the decoder on the text form of the task (`encode_text_record`): the
     stand-in for the paper's pretrained LLM."""
-    cfg = TrainConfig(
-        steps=steps, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=max(1, steps // 10),
-        batch_size=batch_size, seed=seed, log_every=max(1, steps // 10),
-    )  # fmt: skip
+    cfg = _train_config(steps, lr, batch_size, seed)
 
     def loss_fn(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
         return weighted_lm_loss(model(b["input_ids"]), b["labels"], "token")
@@ -205,10 +208,7 @@ def pretrain_vit(
     if len(tiles) != len(labels) or not len(tiles):
         raise ValueError(f"need as many labels as tiles (> 0), got {len(tiles)} and {len(labels)}")
     probe = GlyphProbe(vit, int(labels.max()) + 1)
-    cfg = TrainConfig(
-        steps=steps, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=max(1, steps // 10),
-        batch_size=batch_size, seed=seed, log_every=max(1, steps // 10),
-    )  # fmt: skip
+    cfg = _train_config(steps, lr, batch_size, seed)
 
     def get_batch(step: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         idx = torch.randint(0, len(tiles), (batch_size,), generator=g)
