@@ -268,7 +268,7 @@ def run_job(
             track = large and cfg.curve_every > 0
             train_stage(
                 vlm, name, train_ex, steps, pad_id=tok.pad_id, batch_size=cfg.batch_size,
-                lr_scale=cfg.lr_scale, weighting=weighting, seed=seed * 10 + len(curve),
+                lr_scale=cfg.lr_scale, weighting=weighting, seed=seed * 10 + FULL_STAGES.index(name),
                 eval_fn=eval_fn if track else None, eval_every=cfg.curve_every if track else 0,
             )  # fmt: skip
             done += steps
