@@ -80,6 +80,10 @@ def test_vlm_answers_images_of_any_aspect_ratio_with_a_correct_cache():
     assert cached == seq[0, ids.shape[1] :].tolist()
     with pytest.raises(ValueError, match="channels"):
         vlm.answer(np.zeros((32, 64, 3), np.uint8), "first digit ?", tok)
+    with pytest.raises(ValueError, match="unknown symbol 'colour'"):
+        vlm.answer(img, "first colour ?", tok)
+    with pytest.raises(ValueError, match="<IMG_CONTEXT> tokens"):  # a literal special in the text
+        vlm.answer(img, "first <IMG_CONTEXT> ?", tok)
 
 
 def test_unshuffle_gives_four_times_fewer_tokens():

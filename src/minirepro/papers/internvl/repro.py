@@ -160,9 +160,11 @@ PRESETS = {
 
 
 def make_tokenizer() -> WordTokenizer:
-    """Digits, the question words, ``so``, and the image specials."""
+    """Digits, the question words, ``so``, and the image specials (unknown words raise)."""
     words = [str(d) for d in range(10)] + "first digit ? read the digits largest so".split()
-    return WordTokenizer(sorted(set(words)), specials=[IMG_START, IMG_END, IMG_CONTEXT, SEP])
+    return WordTokenizer(
+        sorted(set(words)), specials=[IMG_START, IMG_END, IMG_CONTEXT, SEP], strict=True
+    )  # strict: an unknown word in a question is an error, not a silent <unk>
 
 
 def _llm_config(cfg: Config, tok: WordTokenizer, d: int, layers: int) -> ModelConfig:
