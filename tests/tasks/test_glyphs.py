@@ -26,13 +26,28 @@ def test_deterministic_and_well_formed():
         assert r["answer"] == expected[r["kind"]]
 
 
-def test_glyphs_appear_in_reading_order():
-    cfg = GlyphConfig(noise=0.0, n_digits=(3, 3), ratios=(4,))
-    train_imgs, _ = digit_pool("train")
-    for r in generate_glyphs(10, 1, cfg):
-        img = r["image"] if r["image"].shape[1] > r["image"].shape[0] else r["image"].T
-        cols = np.nonzero(img.max(0))[0]  # columns holding ink, left to right
-        assert len(cols) and cols.max() - cols.min() > 64  # spread along the canvas
+def test_upright_glyphs_appear_in_reading_order():
+    cfg = GlyphConfig(noise=0.0, n_digits=(3, 4), ratios=(2, 4))
+    pool, labels = digit_pool("train")
+    found_tall = found_wide = False
+    for r in generate_glyphs(20, 1, cfg):
+        img = r["image"]
+        tall = img.shape[0] > img.shape[1]
+        found_tall |= tall
+        found_wide |= not tall
+        blocks = []  # the aligned 8x8 blocks holding ink, in reading order
+        for a in range(0, max(img.shape), 8):
+            for c in range(0, min(img.shape), 8):
+                block = img[a : a + 8, c : c + 8] if tall else img[c : c + 8, a : a + 8]
+                if block.any():
+                    blocks.append(block)
+        read = []
+        for block in blocks:  # each block is one real glyph of the pool, upright
+            (match,) = np.nonzero((pool == block).all(axis=(1, 2)))[:1]
+            assert len(match), "a glyph is not an upright pool digit"
+            read.append(int(labels[match[0]]))
+        assert read == r["digits"]
+    assert found_tall and found_wide
 
 
 def test_splits_are_disjoint_and_corruption_flags():

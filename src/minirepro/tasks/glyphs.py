@@ -99,16 +99,21 @@ def _canvas(rng: np.random.Generator, cfg: GlyphConfig, glyphs: np.ndarray) -> n
     length, side = cfg.tile * ratio, cfg.tile
     canvas = rng.normal(0, cfg.noise, (side, length)).clip(0, 255)
     slot = length // n
-    for i, g in enumerate(glyphs):
-        along = i * slot + int(rng.integers(0, slot - 8 + 1))
+    spots = []
+    for _ in glyphs:
+        along = len(spots) * slot + int(rng.integers(0, slot - 8 + 1))
         across = int(rng.integers(0, side - 8 + 1))
         if cfg.aligned:  # on the 8 px patch grid of the tiles
             along, across = along // 8 * 8, across // 8 * 8
+        spots.append((across, along))
+    tall = rng.random() >= 0.5
+    for (across, along), g in zip(spots, glyphs):
+        g = g.T if tall else g  # the canvas is transposed below: glyphs stay upright
         canvas[across : across + 8, along : along + 8] = np.maximum(
             canvas[across : across + 8, along : along + 8], g
         )
     canvas = canvas.astype(np.uint8)
-    return canvas if rng.random() < 0.5 else canvas.T.copy()  # wide or tall
+    return canvas.T.copy() if tall else canvas
 
 
 def _answer(kind: str, digits: list[int]) -> str:
