@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from minirepro.core.generate import SamplingParams
 from minirepro.core.model import ModelConfig
+from minirepro.core.tokenizer import WordTokenizer
 from minirepro.papers.internvl import (
     IMG_CONTEXT,
     VLM,
@@ -57,6 +58,8 @@ def test_image_features_replace_context_tokens_in_order():
         vlm.embed(ids, tiles[:3])
     with pytest.raises(ValueError, match="no tiles"):
         vlm.embed(ids, None)
+    with pytest.raises(ValueError, match="lacks the special tokens"):
+        build_prompt(WordTokenizer(["first"]), 4, "first")
 
 
 def test_vlm_answers_images_of_any_aspect_ratio_with_a_correct_cache():

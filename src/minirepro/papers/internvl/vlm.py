@@ -20,7 +20,16 @@ from minirepro.papers.internvl.projector import MLPProjector, pixel_shuffle, tok
 from minirepro.papers.internvl.tiling import dynamic_preprocess, tiles_to_tensor
 from minirepro.papers.internvl.vit import ViT, ViTConfig
 
-__all__ = ["IMG_CONTEXT", "IMG_END", "IMG_START", "SEP", "VLM", "VLMConfig", "build_prompt"]
+__all__ = [
+    "IMG_CONTEXT",
+    "IMG_END",
+    "IMG_START",
+    "SEP",
+    "VLM",
+    "VLMConfig",
+    "build_prompt",
+    "check_specials",
+]
 
 IMG_START, IMG_END, IMG_CONTEXT, SEP = "<img>", "</img>", "<IMG_CONTEXT>", "<sep>"
 
@@ -164,6 +173,7 @@ class VLM(nn.Module):
 
 def build_prompt(tok: Tokenizer, n_image_tokens: int, question: str) -> list[int]:
     """``<bos> <img> <IMG_CONTEXT>×n </img> question <sep>`` as ids."""
+    check_specials(tok)
     ctx = tok.token_to_id(IMG_CONTEXT)
     return (
         [tok.bos_id, tok.token_to_id(IMG_START)] + [ctx] * n_image_tokens
