@@ -22,9 +22,10 @@ Implemented here:
 - data in `minirepro.tasks.glyphs`: scikit-learn's real digits in wide and tall canvases;
 - `repro`: `run(cfg, out)`.
 
-Deviations: everything is trained from scratch at toy size on the CPU (the LLM pretrained
-on the text form of the task stands in for a pretrained LLM); the stage learning rates are
-scaled up; quality scoring is a rule, not an LLM. See NOTES.md.
+Deviations: everything is toy-sized on the CPU; decoders pretrained on the text form of the
+task and a ViT pretrained to classify single glyphs (`training.pretrain_vit`) stand in for
+the paper's pretrained LLM and InternViT; the stage learning rates are scaled up (x25);
+quality scoring is a rule, not an LLM. See NOTES.md.
 
 Run: `minirepro run internvl --preset quick`.
 """
@@ -61,6 +62,7 @@ from minirepro.papers.internvl.training import (
     collate,
     encode_record,
     encode_text_record,
+    pretrain_vit,
     set_trainable,
     train_llm_text,
     train_stage,
@@ -87,6 +89,7 @@ __all__ = [
     "candidate_grids", "closest_grid", "collate", "duplicate_lines", "dynamic_preprocess",
     "encode_record", "encode_text_record", "extract_answer", "filter_records",
     "is_repetitive", "loss_weights", "majority_vote", "make_tokenizer", "pixel_shuffle",
+    "pretrain_vit",
     "repetition_rate", "repetition_score", "run", "sample_answers", "set_trainable",
     "tiles_to_tensor", "tokens_to_grid", "train_llm_text", "train_stage", "vote_vs_greedy",
     "weighted_lm_loss",
