@@ -110,7 +110,7 @@ class Config:
     n_vit: int = 2000
     vit_steps: int = 200
     vit_lr: float = 1e-3
-    stage_steps: tuple[int, int, int] = (60, 40, 300)
+    stage_steps: tuple[int, int, int] = (50, 30, 220)
     lr_scale: float = 25.0
     batch_size: int = 16
     weightings: tuple[str, ...] = ("token",)
