@@ -84,9 +84,11 @@ def test_reference_outputs_differ(reference):
     ],
     ids=["chunked", "async", "nano2", "no_chunking", "torch_paths"],
 )
-def test_engine_matches_core_generate(served, prompts, reference, options):
+@pytest.mark.parametrize("stack_decodes", [True, False], ids=["stacked", "per_seq"])
+def test_engine_matches_core_generate(served, prompts, reference, options, stack_decodes):
     config = EngineConfig(**({"block_size": 4, "max_num_batched_tokens": 16} | options))
     engine = LLMEngine(served.model, config=config)
+    engine.runner.batch_recurrent_decode = stack_decodes
     assert engine.runner.stateful and not engine.blocks.enable_prefix_caching
     assert engine.generate(prompts, GREEDY) == reference
     assert engine.stats().kv_blocks_used == 0

@@ -17,7 +17,10 @@ computed only for the rows that need a next token.
 Layers with a recurrent token mixer (hybrid's "mamba" / "mamba2") hold no keys: each
 sequence carries its own per-layer state (`ModelRunner.new_state`, made when the sequence
 first runs), and such a layer runs each sequence's rows of the flat batch from that state,
-one sequence after another, advancing it. These layers run in the model's own dtype.
+one sequence after another, advancing it. Decoding rows (one token each) run as one batch
+instead where the state class offers `stack` / `unstack` (hybrid's `MambaState`): their
+states are concatenated, fed together and split back. These layers run in the model's own
+dtype.
 
 Under a low-precision engine dtype (`dtypes.py`: "bfloat16", "int8") the residual stream,
 the norms and the rotary tables stay fp32; each GEMM's input is rounded to bf16, q/k/v and
@@ -127,6 +130,11 @@ class BatchInput:
     input_ids: Tensor | None = None  # (N,), set by `set_input_ids`
     # recurrent layers: (begin row, end row, start position, per-layer states) per sequence
     states: list[tuple[int, int, int, list[Any]]] = field(default_factory=list)
+    # recurrent layers, with batched decode: the decoding rows (Bd,) and their sequences'
+    # states, apart from `states` (which then holds the prefill chunks only)
+    decode_rows: Tensor | None = None
+    decode_states: list[list[Any]] = field(default_factory=list)
+    decode_starts: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -165,6 +173,8 @@ class ModelRunner:
                     "decoding state: the engine cannot run it"
                 )
         self.stateful = any(self.recurrent)
+        # decode rows of recurrent layers as one stacked batch (False: one call per sequence)
+        self.batch_recurrent_decode = True
         if cfg.mask != "causal":
             raise ValueError(f"the engine supports mask='causal' only, got {cfg.mask!r}")
         self.model, self.cache, self.cfg = model, cache, cfg
@@ -239,6 +249,7 @@ class ModelRunner:
         prefills: list[Prefill] = []
         logits_rows: list[int] = []
         states: list[tuple[int, int, int, list[Any]]] = []
+        decode_states: list[tuple[int, int, list[Any]]] = []
         row = 0
         for w in work:
             end = w.start + w.num_tokens
@@ -247,7 +258,10 @@ class ModelRunner:
             if self.stateful:
                 if w.state is None:
                     raise ValueError("a model with recurrent layers needs each sequence's state")
-                states.append((row, row + w.num_tokens, w.start, w.state))
+                if w.num_tokens == 1 and w.start > 0 and self._stackable(w.state):
+                    decode_states.append((row, w.start, w.state))
+                else:
+                    states.append((row, row + w.num_tokens, w.start, w.state))
             positions.extend(range(w.start, end))
             slots.extend(self._slots(w.block_table, w.start, end))
             if w.num_tokens == 1 and w.start > 0:
@@ -270,6 +284,13 @@ class ModelRunner:
             logits_rows=torch.tensor(logits_rows, dtype=torch.long),
             states=states,
         )
+        if len(decode_states) == 1:  # nothing to stack
+            r, start, state = decode_states[0]
+            batch.states.append((r, r + 1, start, state))
+        elif decode_states:
+            batch.decode_rows = torch.tensor([r for r, _, _ in decode_states], dtype=torch.long)
+            batch.decode_states = [st for _, _, st in decode_states]
+            batch.decode_starts = [start for _, start, _ in decode_states]
         groups = (
             bucket_lengths(decode_lens, self.max_decode_groups, self.decode_group_overhead)
             if decode_rows
@@ -332,12 +353,28 @@ class ModelRunner:
             out[p.begin : p.end] = y[0].transpose(0, 1)
         return out
 
+    def _stackable(self, state: list[Any]) -> bool:
+        return self.batch_recurrent_decode and all(
+            hasattr(s, "stack") for s, r in zip(state, self.recurrent) if r
+        )
+
     def _recurrent(self, layer: int, batch: BatchInput, h: Tensor) -> Tensor:
         """h (N, d_model) -> the recurrent mixer's output (N, d_model), each sequence's rows
         from (and advancing) its own state; the mixer checks that the state holds exactly
         the tokens before the rows."""
         mixer = self.model.layers[layer].mixer
         out = torch.empty_like(h)
+        if batch.decode_states:
+            states = [st[layer] for st in batch.decode_states]
+            for state, start in zip(states, batch.decode_starts):
+                if state.pos != start:
+                    raise ValueError(f"a state holds {state.pos} tokens, asked to go on at {start}")
+            stacked = type(states[0]).stack(states)
+            rows = batch.decode_rows
+            cos, sin = self.cos[:1], self.sin[:1]  # unused by a recurrent mixer
+            y = mixer(h.index_select(0, rows)[:, None], MixerInput(cos, sin, 0, stacked))
+            stacked.unstack(states)
+            out.index_copy_(0, rows, y[:, 0])  # (Bd, d_model)
         for begin, end, start, state in batch.states:
             cos, sin = self.cos[start : start + end - begin], self.sin[start : start + end - begin]
             y = mixer(h[None, begin:end], MixerInput(cos, sin, start, state[layer]))  # (1, S, d)
