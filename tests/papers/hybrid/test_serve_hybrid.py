@@ -150,6 +150,17 @@ def test_features_without_a_place_for_the_state_are_refused(served, options, mes
     assert "mamba/mamba2 layers" in str(info.value)
 
 
+def test_cli_refuses_prefix_caching_for_a_hybrid(hybrid_dir):
+    from typer.testing import CliRunner
+
+    from minirepro import cli
+
+    args = ["serve", "--model", str(hybrid_dir), "--port", "0", "--prefix-caching"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2
+    assert "enable_prefix_caching=True shares KV blocks" in " ".join(result.output.split())
+
+
 def test_http_server_answers_from_the_hybrid_checkpoint(hybrid_dir, served):
     """What `minirepro serve --model <dir>` builds, driven by the official openai client."""
     openai = pytest.importorskip("openai")
