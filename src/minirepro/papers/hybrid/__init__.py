@@ -21,7 +21,9 @@ Implemented here:
   progressive replacement (50% then 25% attention kept) in `repro.py`;
 - `speculative_generate` (greedy, K drafts verified in one target pass, `Cache.crop`
   rollback) and drafts: `int8_draft`, `layer_skip_draft`;
-- `save_hybrid` / `load_hybrid` (safetensors + config.json + tokenizer/).
+- `save_hybrid` / `load_hybrid` (safetensors + config.json + tokenizer/); serve's engine
+  serves the saved folder (`minirepro serve --model <dir>`), with a per-sequence
+  `MambaState` (decoding rows stacked with `MambaState.stack` / `unstack`).
 
 Deviations (see NOTES.md): at the quick size only the top 8 of SmolLM2's 30 layers are
 touched (4 replaced at 50%, 6 at 25%), on ~1.3k teacher tokens, and only the Mamba layers

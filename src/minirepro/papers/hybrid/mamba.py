@@ -92,6 +92,24 @@ class MambaState:
         self.conv, self.ssm, self.pos = conv, ssm, length
         self.checkpoint()
 
+    @classmethod
+    def stack(cls, states: list[MambaState]) -> MambaState:
+        """One batch state of single-sequence states at any positions (the serving engine's
+        batched decode); write it back with `unstack` after feeding the batch. Its pos
+        starts at 0 and counts the tokens fed since."""
+        if any(s._ckpt is not None for s in states):
+            raise ValueError("states holding a speculative checkpoint cannot be stacked")
+        first = states[0]
+        conv = torch.cat([s.conv for s in states]) if first.conv is not None else None
+        return cls(conv, torch.cat([s.ssm for s in states]), first._mixer)
+
+    def unstack(self, states: list[MambaState]) -> None:
+        """Write this stacked state back into the states it was stacked from (row b into
+        states[b]), each advanced by the tokens fed since `stack`."""
+        for b, s in enumerate(states):
+            s.conv = self.conv[b : b + 1] if self.conv is not None else None
+            s.ssm, s.pos = self.ssm[b : b + 1], s.pos + self.pos
+
     def reorder(self, index: Tensor) -> None:
         self.conv = self.conv[index] if self.conv is not None else None
         self.ssm = self.ssm[index]

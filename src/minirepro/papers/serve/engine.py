@@ -66,10 +66,13 @@ class EngineConfig:
     num_blocks: int = 1024  # KV blocks in the pool (per layer)
     max_num_seqs: int = 64  # running sequences at most
     max_num_batched_tokens: int = 512  # per-iteration token budget (chunked prefill)
-    enable_prefix_caching: bool = True
+    # None: on for models of attention layers, off for hybrids (a Mamba state is per sequence,
+    # it cannot be shared through KV blocks); True with a hybrid is an error
+    enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool = True
     async_scheduling: bool = False  # prepare iteration i+1 while i runs; same outputs
-    offload_dir: str | None = None  # KV offload of finished conversation turns (None: off)
+    # KV offload of finished conversation turns (None: off; not for hybrids)
+    offload_dir: str | None = None
     offload_max_bytes: int = 1 << 30  # LRU-bounded disk use
     nano_batches: int | str = 1  # 1: off; k: split each iteration into k; "auto": search
     attention: str = "auto"  # decode attention: "kernel" (C++ paged), "torch", "auto"
@@ -154,8 +157,10 @@ class LLMEngine:
     """A continuous-batching engine over the core `Transformer`.
 
     Args:
-        model: the decoder (attention layers, causal mask); its weights are used, not copied,
-            except for fused q/k/v and gate/up matrices.
+        model: the decoder (causal mask): attention layers, and Mamba layers (a hybrid), which
+            run from a per-sequence state without prefix caching, KV offload or
+            nano_batches="auto"; its weights are used, not copied, except for fused q/k/v and
+            gate/up matrices.
         tokenizer: an HF tokenizer for text deltas and stop strings, or None (token ids only).
         config: sizes and switches.
         eos_token_ids: ids that end a request unless its params say ignore_eos.
@@ -200,16 +205,18 @@ class LLMEngine:
                 )
             ).encode()
         ).hexdigest()[:16]
-        self.blocks = BlockManager(
-            config.num_blocks, config.block_size, config.enable_prefix_caching, self.identity
-        )
         self.runner = ModelRunner(model, self.cache, config.attention, config.gemm, self.dtype)
+        prefix_caching = self._check_stateful(config)
+        self.blocks = BlockManager(
+            config.num_blocks, config.block_size, prefix_caching, self.identity
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(
                 config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill
             ),
             self.blocks,
             restore=self._restore if config.offload_dir else None,
+            new_state=self.runner.new_state if self.runner.stateful else None,
         )
         self.offload: OffloadStore | None = None
         if config.offload_dir:
@@ -228,6 +235,30 @@ class LLMEngine:
         self._gen_ids = itertools.count()
         self._inflight: _Launched | None = None
         self._finished_out: list[RequestOutput] = []
+
+    def _check_stateful(self, config: EngineConfig) -> bool:
+        """Whether prefix caching is on; refuses what a model with Mamba layers cannot do."""
+        if not self.runner.stateful:
+            return config.enable_prefix_caching is not False
+        cfg = self.model.cfg
+        mixers = sorted({cfg.mixer_of(i) for i in range(cfg.n_layer)} - {"attention"})
+        why = f"the model has {'/'.join(mixers)} layers, whose state is per sequence"
+        if config.enable_prefix_caching:
+            raise ValueError(
+                f"enable_prefix_caching=True shares KV blocks between requests, but {why} "
+                "and cannot be rebuilt from shared blocks: leave it unset or False"
+            )
+        if config.offload_dir:
+            raise ValueError(
+                f"offload_dir: the KV offload saves and restores keys and values only, but {why} "
+                "and is not saved: leave it unset"
+            )
+        if config.nano_batches == "auto":
+            raise ValueError(
+                f"nano_batches='auto' profiles attention layers only, but {why}: "
+                "give a count instead"
+            )
+        return False
 
     @classmethod
     def from_pretrained(cls, pretrained, config: EngineConfig | None = None) -> LLMEngine:
@@ -398,7 +429,10 @@ class LLMEngine:
         for group in groups:
             try:
                 batch = self.runner.prepare(
-                    [SeqWork(s.start, s.num_tokens, s.block_table, s.sample) for s in group]
+                    [
+                        SeqWork(s.start, s.num_tokens, s.block_table, s.sample, s.state)
+                        for s in group
+                    ]
                 )
                 ids = [t for s in group for t in s.seq.token_ids[s.start : s.start + s.num_tokens]]
                 self.runner.set_input_ids(batch, ids)
@@ -586,12 +620,13 @@ class LLMEngine:
         if n_blocks > self.blocks.num_available():
             raise ValueError(f"{T} tokens need {n_blocks} free KV blocks")
         table = self.blocks.allocate(n_blocks)
+        state = self.runner.new_state()
         out = []
         try:
             step = self.config.max_num_batched_tokens
             for start in range(0, T - 1, step):
                 m = min(step, T - 1 - start)
-                batch = self.runner.prepare([SeqWork(start, m, table, True)])
+                batch = self.runner.prepare([SeqWork(start, m, table, True, state)])
                 batch.logits_rows = torch.arange(m)
                 self.runner.set_input_ids(batch, ids[start : start + m])
                 logp = torch.log_softmax(self.runner.forward(batch).float(), dim=-1)

@@ -14,6 +14,14 @@ projections and the MLP as one (N, d_model) matrix; only attention is per sequen
 New keys and values are written into their slots before attention reads them. Logits are
 computed only for the rows that need a next token.
 
+Layers with a recurrent token mixer (hybrid's "mamba" / "mamba2") hold no keys: each
+sequence carries its own per-layer state (`ModelRunner.new_state`, made when the sequence
+first runs), and such a layer runs each sequence's rows of the flat batch from that state,
+one sequence after another, advancing it. Decoding rows (one token each) run as one batch
+instead where the state class offers `stack` / `unstack` (hybrid's `MambaState`): their
+states are concatenated, fed together and split back. These layers run in the model's own
+dtype.
+
 Under a low-precision engine dtype (`dtypes.py`: "bfloat16", "int8") the residual stream,
 the norms and the rotary tables stay fp32; each GEMM's input is rounded to bf16, q/k/v and
 the KV cache are bf16, and the logits come back in fp32.
@@ -23,12 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minirepro.core.model import Transformer, causal_mask, rope_cos_sin
+from minirepro.core.model import MixerInput, Transformer, causal_mask, rope_cos_sin
 from minirepro.papers.serve import gemm
 from minirepro.papers.serve.dtypes import activation_dtype, check_dtype
 from minirepro.papers.serve.kernels import kernel_available
@@ -45,12 +54,15 @@ class SeqWork:
         num_tokens: tokens scheduled now, at positions start .. start + num_tokens - 1.
         block_table: the sequence's blocks, covering at least start + num_tokens positions.
         sample: whether the last scheduled token's logits are wanted.
+        state: the sequence's recurrent-layer states (`ModelRunner.new_state`), which this
+            iteration advances; None for a model of attention layers only.
     """
 
     start: int
     num_tokens: int
     block_table: Sequence[int]
     sample: bool
+    state: list[Any] | None = None
 
 
 @dataclass
@@ -116,13 +128,22 @@ class BatchInput:
     prefills: list[Prefill] = field(default_factory=list)
     logits_rows: Tensor | None = None  # (n_sample,)
     input_ids: Tensor | None = None  # (N,), set by `set_input_ids`
+    # recurrent layers: (begin row, end row, start position, per-layer states) per sequence
+    states: list[tuple[int, int, int, list[Any]]] = field(default_factory=list)
+    # recurrent layers, with batched decode: the decoding rows (Bd,) and their sequences'
+    # states, apart from `states` (which then holds the prefill chunks only)
+    decode_rows: Tensor | None = None
+    decode_states: list[list[Any]] = field(default_factory=list)
+    decode_starts: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
     """Runs a core `Transformer`'s weights over `BatchInput`s and a `PagedKVCache`.
 
     The q/k/v projections and the gate/up projections are fused into one matrix each (two
-    GEMMs fewer per layer); the model itself is not modified.
+    GEMMs fewer per layer); the model itself is not modified. Layers whose mixer is not
+    attention (a hybrid's Mamba layers) run the model's own mixer module per sequence, from
+    the states in `SeqWork.state` (see the module docstring).
 
     Args:
         attention: Decode attention backend: "kernel" (the C++ paged kernel), "torch"
@@ -143,11 +164,17 @@ class ModelRunner:
         dtype: str = "float32",
     ) -> None:
         cfg = model.cfg
-        for i in range(cfg.n_layer):
-            if cfg.mixer_of(i) != "attention":
+        # layers whose mixer keeps a per-sequence recurrent state instead of keys and values
+        self.recurrent = [cfg.mixer_of(i) != "attention" for i in range(cfg.n_layer)]
+        for i, block in enumerate(model.layers):
+            if self.recurrent[i] and not callable(getattr(block.mixer, "new_cache", None)):
                 raise ValueError(
-                    f"the engine runs attention layers only; layer {i} uses {cfg.mixer_of(i)!r}"
+                    f"layer {i} uses mixer {cfg.mixer_of(i)!r}, which has no new_cache() "
+                    "decoding state: the engine cannot run it"
                 )
+        self.stateful = any(self.recurrent)
+        # decode rows of recurrent layers as one stacked batch (False: one call per sequence)
+        self.batch_recurrent_decode = True
         if cfg.mask != "causal":
             raise ValueError(f"the engine supports mask='causal' only, got {cfg.mask!r}")
         self.model, self.cache, self.cfg = model, cache, cfg
@@ -177,12 +204,12 @@ class ModelRunner:
         self.decode_group_overhead = 1024
         self.gemm = gemm.resolve_gemm(gemm_kind, w, dtype)
         pack = lambda t: gemm.pack(t, self.gemm, dtype)  # noqa: E731
+        att = [b.mixer if not r else None for b, r in zip(model.layers, self.recurrent)]
         with torch.no_grad():
             self.w_qkv = [
-                pack(torch.cat([b.mixer.wq.weight, b.mixer.wk.weight, b.mixer.wv.weight]))
-                for b in model.layers
+                pack(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight])) if a else None for a in att
             ]
-            self.w_o = [pack(b.mixer.wo.weight) for b in model.layers]
+            self.w_o = [pack(a.wo.weight) if a else None for a in att]
             self.w_gate_up = [
                 pack(torch.cat([b.mlp.w_gate.weight, b.mlp.w_up.weight])) for b in model.layers
             ]
@@ -194,6 +221,17 @@ class ModelRunner:
             cfg.rope_theta,
             self.dtype,
         )  # (max_seq_len, head_dim) each
+
+    def new_state(self) -> list[Any] | None:
+        """A new sequence's decoding state: one entry per layer, the mixer's own
+        `new_cache(1, ...)` at recurrent layers and None at attention layers; None for a model
+        of attention layers only (its KV cache is all it needs)."""
+        if not self.stateful:
+            return None
+        return [
+            b.mixer.new_cache(1, self.cfg.max_seq_len, self.device, self.dtype) if r else None
+            for b, r in zip(self.model.layers, self.recurrent)
+        ]
 
     # ------------------------------------------------------------------ metadata
     def _slots(self, table: Sequence[int], begin: int, end: int) -> list[int]:
@@ -210,11 +248,20 @@ class ModelRunner:
         decode_lens: list[int] = []
         prefills: list[Prefill] = []
         logits_rows: list[int] = []
+        states: list[tuple[int, int, int, list[Any]]] = []
+        decode_states: list[tuple[int, int, list[Any]]] = []
         row = 0
         for w in work:
             end = w.start + w.num_tokens
             if end > len(w.block_table) * bs:
                 raise ValueError(f"block table of {len(w.block_table)} blocks cannot hold {end}")
+            if self.stateful:
+                if w.state is None:
+                    raise ValueError("a model with recurrent layers needs each sequence's state")
+                if w.num_tokens == 1 and w.start > 0 and self._stackable(w.state):
+                    decode_states.append((row, w.start, w.state))
+                else:
+                    states.append((row, row + w.num_tokens, w.start, w.state))
             positions.extend(range(w.start, end))
             slots.extend(self._slots(w.block_table, w.start, end))
             if w.num_tokens == 1 and w.start > 0:
@@ -235,7 +282,15 @@ class ModelRunner:
             slots=torch.tensor(slots, dtype=torch.long),
             prefills=prefills,
             logits_rows=torch.tensor(logits_rows, dtype=torch.long),
+            states=states,
         )
+        if len(decode_states) == 1:  # nothing to stack
+            r, start, state = decode_states[0]
+            batch.states.append((r, r + 1, start, state))
+        elif decode_states:
+            batch.decode_rows = torch.tensor([r for r, _, _ in decode_states], dtype=torch.long)
+            batch.decode_states = [st for _, _, st in decode_states]
+            batch.decode_starts = [start for _, start, _ in decode_states]
         groups = (
             bucket_lengths(decode_lens, self.max_decode_groups, self.decode_group_overhead)
             if decode_rows
@@ -298,6 +353,34 @@ class ModelRunner:
             out[p.begin : p.end] = y[0].transpose(0, 1)
         return out
 
+    def _stackable(self, state: list[Any]) -> bool:
+        return self.batch_recurrent_decode and all(
+            hasattr(s, "stack") for s, r in zip(state, self.recurrent) if r
+        )
+
+    def _recurrent(self, layer: int, batch: BatchInput, h: Tensor) -> Tensor:
+        """h (N, d_model) -> the recurrent mixer's output (N, d_model), each sequence's rows
+        from (and advancing) its own state; the mixer checks that the state holds exactly
+        the tokens before the rows."""
+        mixer = self.model.layers[layer].mixer
+        out = torch.empty_like(h)
+        if batch.decode_states:
+            states = [st[layer] for st in batch.decode_states]
+            for state, start in zip(states, batch.decode_starts):
+                if state.pos != start:
+                    raise ValueError(f"a state holds {state.pos} tokens, asked to go on at {start}")
+            stacked = type(states[0]).stack(states)
+            rows = batch.decode_rows
+            cos, sin = self.cos[:1], self.sin[:1]  # unused by a recurrent mixer
+            y = mixer(h.index_select(0, rows)[:, None], MixerInput(cos, sin, 0, stacked))
+            stacked.unstack(states)
+            out.index_copy_(0, rows, y[:, 0])  # (Bd, d_model)
+        for begin, end, start, state in batch.states:
+            cos, sin = self.cos[start : start + end - begin], self.sin[start : start + end - begin]
+            y = mixer(h[None, begin:end], MixerInput(cos, sin, start, state[layer]))  # (1, S, d)
+            out[begin:end] = y[0]
+        return out
+
     @torch.inference_mode()
     def forward(self, batch: BatchInput) -> Tensor:
         """Logits (n_sample, vocab_size) of the rows in batch.logits_rows."""
@@ -312,18 +395,21 @@ class ModelRunner:
         half = D // 2
         act = self.act
         for i, block in enumerate(m.layers):
-            h = block.norm1(x).to(act)
-            qkv = gemm.linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
-            q = qkv[:, : H * D].view(N, H, D)
-            k = qkv[:, H * D : (H + Hkv) * D].view(N, Hkv, D)
-            v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
-            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
-            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
-            q, k = q.to(act), k.to(act)
-            self.cache.k_flat[i].index_copy_(0, batch.slots, k)
-            self.cache.v_flat[i].index_copy_(0, batch.slots, v)
-            y = self._attention(i, batch, q, k, v)  # (N, H, D)
-            x = x + gemm.linear(y.reshape(N, H * D), self.w_o[i])
+            if self.recurrent[i]:
+                x = x + self._recurrent(i, batch, block.norm1(x))
+            else:
+                h = block.norm1(x).to(act)
+                qkv = gemm.linear(h, self.w_qkv[i])  # (N, (H + 2 Hkv) D)
+                q = qkv[:, : H * D].view(N, H, D)
+                k = qkv[:, H * D : (H + Hkv) * D].view(N, Hkv, D)
+                v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
+                q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
+                k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
+                q, k = q.to(act), k.to(act)
+                self.cache.k_flat[i].index_copy_(0, batch.slots, k)
+                self.cache.v_flat[i].index_copy_(0, batch.slots, v)
+                y = self._attention(i, batch, q, k, v)  # (N, H, D)
+                x = x + gemm.linear(y.reshape(N, H * D), self.w_o[i])
             gu = gemm.linear(block.norm2(x).to(act), self.w_gate_up[i])  # (N, 2 d_ff)
             gate, up = gu.chunk(2, dim=-1)
             x = x + gemm.linear(F.silu(gate) * up, self.w_down[i])

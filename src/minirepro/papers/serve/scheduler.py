@@ -16,6 +16,11 @@ A sequence's queue, blocks and status change only here: `schedule` admits, preem
 advances it, `mark_computed` names the blocks restored from the KV offload (as
 `register_computed` those an iteration filled), and `finish` (stop, length, abort, error)
 releases its blocks and takes it out of the queues. The engine appends sampled tokens.
+
+A model with recurrent (Mamba) layers also keeps a per-sequence state (`new_state()`): it
+is made here when a sequence's first token is scheduled (first admission, or the recompute
+after a preemption), and dropped by `finish` and `_preempt`, so an in-flight iteration
+still holding the old one cannot touch the new one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -58,6 +64,7 @@ class Sequence:
     num_registered: int = 0
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache / KV offload
     first_scheduled: bool = False
+    state: Any = None  # recurrent layers' decoding state (`Scheduler.new_state`), or None
     epoch: int = 0  # bumped on preemption: results of older iterations no longer apply
     finish_reason: str | None = None
     error: str | None = None  # why it failed (finish_reason "error")
@@ -93,6 +100,7 @@ class Scheduled:
     sample: bool
     epoch: int
     block_table: list[int]  # as scheduled: the sequence may be freed before this runs
+    state: Any = None  # the sequence's recurrent state as scheduled (None: attention only)
 
 
 @dataclass
@@ -107,7 +115,8 @@ class Scheduler:
 
     `restore(seq)` is called once when a sequence is first admitted, after the prefix cache
     lookup; it may fill more of the sequence's prefix (KV offload) and returns the number of
-    tokens it provided.
+    tokens it provided. `new_state()` makes a sequence's recurrent-layer state (models with
+    Mamba layers), or is None.
     """
 
     def __init__(
@@ -115,12 +124,14 @@ class Scheduler:
         config: SchedulerConfig,
         blocks: BlockManager,
         restore: Callable[[Sequence], int] | None = None,
+        new_state: Callable[[], Any] | None = None,
     ) -> None:
         self.config, self.blocks = config, blocks
         self.block_size = blocks.block_size
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.restore = restore
+        self.new_state = new_state
         self.num_preemptions = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -142,11 +153,13 @@ class Scheduler:
         seq.status = Status.FINISHED
         seq.finish_reason, seq.error = reason, error
         seq.placeholder = 0
+        seq.state = None
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.release(seq.block_table)
         seq.block_table, seq.block_keys = [], []
         seq.num_registered = seq.num_computed = seq.placeholder = 0
+        seq.state = None  # recomputed from the first token
         seq.status = Status.WAITING
         seq.epoch += 1
         self.running.remove(seq)
@@ -242,6 +255,8 @@ class Scheduler:
         return out
 
     def _take(self, seq: Sequence, n: int) -> Scheduled:
+        if self.new_state is not None and seq.num_computed == 0:
+            seq.state = self.new_state()
         s = Scheduled(
             seq,
             seq.num_computed,
@@ -249,6 +264,7 @@ class Scheduler:
             seq.num_computed + n == seq.num_total,
             seq.epoch,
             list(seq.block_table),
+            seq.state,
         )
         seq.num_computed += n
         return s
