@@ -40,7 +40,8 @@ from minirepro.papers.retry import (
     score,
     solve,
 )
-from minirepro.tasks.igsm import GenConfig, Problem, generate
+from minirepro.papers.retry.repro import gen_config
+from minirepro.tasks.igsm import Problem, generate
 
 __all__ = ["CLAIMS", "PRESETS", "Config", "run"]
 
@@ -167,22 +168,16 @@ PRESETS = {
 }  # fmt: skip
 
 
-def _gen(cfg: Config, ops: tuple[int, int]) -> GenConfig:
-    return GenConfig(
-        min_op=ops[0], max_op=ops[1], max_edge=cfg.max_edge, n_layer=cfg.n_layer,
-        width=cfg.width, mod=cfg.mod, symbol_method=cfg.symbol_method, perm_level=cfg.perm_level,
-    )  # fmt: skip
-
-
 def run(cfg: Config, out: RunDir) -> list[Result]:
     """SFT, search, DPO and evaluate for every seed; check the claims."""
     t0 = time.perf_counter()
-    train_gen = _gen(cfg, cfg.train_ops)
+    train_gen = gen_config(cfg, cfg.train_ops)
     search = [
-        generate(_gen(cfg, cfg.search_ops), cfg.data_seed + 100, i) for i in range(cfg.n_search)
+        generate(gen_config(cfg, cfg.search_ops), cfg.data_seed + 100, i)
+        for i in range(cfg.n_search)
     ]
     tests = [
-        [generate(_gen(cfg, b), cfg.data_seed + 1 + k, i) for i in range(cfg.n_test)]
+        [generate(gen_config(cfg, b), cfg.data_seed + 1 + k, i) for i in range(cfg.n_test)]
         for k, b in enumerate(cfg.test_bins)
     ]
     flat = [p for t in tests for p in t] + search

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -189,7 +189,10 @@ PRESETS = {
 }  # fmt: skip
 
 
-def _gen_cfg(cfg: Config, ops: tuple[int, int]) -> GenConfig:
+def gen_config(cfg: Any, ops: tuple[int, int]) -> GenConfig:
+    """The iGSM generator settings of a run: ``ops`` (min, max) and the task fields that retry's
+    `Config` has (max_edge, n_layer, width, mod, symbol_method, perm_level); the papers that
+    train on iGSM through retry (sampling, pivotal) carry the same fields."""
     return GenConfig(
         min_op=ops[0], max_op=ops[1], max_edge=cfg.max_edge, n_layer=cfg.n_layer,
         width=cfg.width, mod=cfg.mod, symbol_method=cfg.symbol_method,
@@ -202,7 +205,7 @@ class _Pool:
     by all variants (each reads from index 0, so they see the same problems in order)."""
 
     def __init__(self, cfg: Config) -> None:
-        self.gen, self.seed, self.items = _gen_cfg(cfg, cfg.train_ops), cfg.data_seed, []
+        self.gen, self.seed, self.items = gen_config(cfg, cfg.train_ops), cfg.data_seed, []
 
     def __iter__(self):
         for i in itertools.count():
@@ -213,7 +216,7 @@ class _Pool:
 
 def _test_sets(cfg: Config) -> list[list[Problem]]:
     return [
-        [generate(_gen_cfg(cfg, b), cfg.data_seed + 1 + k, i) for i in range(cfg.n_test)]
+        [generate(gen_config(cfg, b), cfg.data_seed + 1 + k, i) for i in range(cfg.n_test)]
         for k, b in enumerate(cfg.test_bins)
     ]
 

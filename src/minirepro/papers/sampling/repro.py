@@ -24,10 +24,11 @@ from minirepro.core.results import AtLeast, Result, RunDir
 from minirepro.core.threads import num_threads, process_pool
 from minirepro.core.tokenizer import WordTokenizer
 from minirepro.papers.retry import build_tokenizer, score, solve
+from minirepro.papers.retry.repro import gen_config
 from minirepro.papers.sampling.budget import matched_samples
 from minirepro.papers.sampling.dataset import SampledData, build_dataset, igsm_sampler
 from minirepro.papers.sampling.finetune import ModelSpec, TrainSpec, build_model, finetune, pretrain
-from minirepro.tasks.igsm import GenConfig, Problem, generate
+from minirepro.tasks.igsm import Problem, generate
 
 __all__ = ["CLAIMS", "PRESETS", "SETUPS", "Config", "run"]
 
@@ -150,13 +151,6 @@ PRESETS = {
 }  # fmt: skip
 
 
-def _gen(cfg: Config) -> GenConfig:
-    return GenConfig(
-        min_op=cfg.ops[0], max_op=cfg.ops[1], max_edge=cfg.max_edge, n_layer=cfg.n_layer,
-        width=cfg.width, mod=cfg.mod, symbol_method=cfg.symbol_method, perm_level=cfg.perm_level,
-    )  # fmt: skip
-
-
 def _pretrain_job(
     cfg: Config,
     spec: ModelSpec,
@@ -169,7 +163,7 @@ def _pretrain_job(
     """Pretrain one generator and solve the test set (in a worker): (state dict, final loss,
     training seconds, greedy accuracy, parameters; tied embeddings counted once)."""
     t0 = time.perf_counter()
-    gen = _gen(cfg)
+    gen = gen_config(cfg, cfg.ops)
     pool = (generate(gen, cfg.data_seed, i) for i in itertools.count())
     tspec = TrainSpec(steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.seq_len, seed=0)
     model, loss = pretrain(spec, tok, pool, tspec, max_seq_len)
@@ -262,7 +256,7 @@ def run(cfg: Config, out: RunDir) -> list[Result]:
 
 def _run(cfg: Config, out: RunDir) -> list[Result]:
     t0 = time.perf_counter()
-    gen = _gen(cfg)
+    gen = gen_config(cfg, cfg.ops)
     tests = [generate(gen, cfg.data_seed + 1, i) for i in range(cfg.n_test)]
     prompts = [generate(gen, cfg.data_seed + 2, i) for i in range(cfg.n_sample)]
     tok = build_tokenizer(tests + prompts, mod=cfg.mod, whole_names=cfg.whole_names)
