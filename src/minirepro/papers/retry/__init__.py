@@ -35,6 +35,7 @@ Run: `minirepro run retry --preset quick` (smoke: seconds; full: closer to the p
 from minirepro.papers.retry.data import (
     NameTokenizer,
     Variant,
+    bucket_batches,
     build_tokenizer,
     document,
     pack_rows,
@@ -63,6 +64,7 @@ __all__ = [
     "NameTokenizer",
     "Scores",
     "Variant",
+    "bucket_batches",
     "build_tokenizer",
     "document",
     "pack_rows",

@@ -1,9 +1,9 @@
 """Reproduction of "Physics of LMs 2.2: how to learn from mistakes" at CPU scale.
 
 For each seed, one small decoder is trained per data variant — error-free, retry at each
-rate, retry with the wrong tokens masked, retry_weak — on the same number of tokens (rows of
-``seq_len`` packed with whole documents; retry documents are longer, so a retry model sees
-fewer problems, as in the paper). Each model then solves held-out problems greedily, bin by
+rate, retry with the wrong tokens masked, retry_weak — on the same number of tokens (batches
+of ``step_tokens`` real tokens of whole documents; retry documents are longer, so a retry
+model sees fewer problems, as in the paper). Each model then solves held-out problems greedily, bin by
 bin of ``op`` (in distribution and one bin beyond), and every solution is checked step by
 step. Results compare the paper's findings with the measured accuracies.
 """
@@ -26,7 +26,7 @@ from minirepro.core.seed import seed_everything
 from minirepro.core.threads import num_threads, process_pool
 from minirepro.core.tokenizer import WordTokenizer
 from minirepro.core.train import TrainConfig, train
-from minirepro.papers.retry.data import Variant, build_tokenizer, document, pack_rows
+from minirepro.papers.retry.data import Variant, bucket_batches, build_tokenizer, document
 from minirepro.papers.retry.evaluate import score, solve
 from minirepro.tasks.igsm import GenConfig, Problem, generate
 
@@ -54,6 +54,9 @@ class Config:
             (-1: the last, the hardest). A bin where every model scores 0 compares nothing;
             the quick preset names the hardest bin inside the training range and its Result
             says so (NOTES.md).
+        ablation_bin: Index into ``test_bins`` of the bin the masked and retry_weak
+            comparisons use (None: ``headline_bin``). The quick preset names op 1, where the
+            retry models solve enough problems for a difference to mean something.
         n_test: Problems per test bin.
         max_edge: Sentences per statement (structure-graph edges).
         n_layer: (min, max) layers of the structure graph.
@@ -73,12 +76,14 @@ class Config:
         min_accuracy: The masked and retry_weak comparisons count only where the retry
             model at ``ablation_rate`` solves at least this share of the headline bin.
         d_model, n_layer_model, n_head: The decoder (the paper: GPT-2-style, 12 layers).
-        seq_len: Row length; every variant trains on steps * batch_size * seq_len tokens.
-        documents: Give the model each row's document ids, so the documents packed in a
-            row attend only within themselves and their positions start at 0
-            (`minirepro.core.documents`); without them a problem can read another's facts.
+        step_tokens: Real (non-padding) tokens per training step; every variant trains on
+            about steps * step_tokens tokens (`bucket_batches`: one document per row, rows
+            of similar length batched together).
+        max_len: Longest training document accepted, in tokens.
+        documents: Give the model each row's document ids, so the left padding is invisible
+            and positions start at 0 at each document (`minirepro.core.documents`).
         precision: `TrainConfig.precision` ("auto": bf16 where the CPU and width pay).
-        steps, batch_size, lr, warmup_steps: Training.
+        steps, lr, warmup_steps: Training.
         max_new_tokens: Generation budget per solution (None: 1.5 x the longest correct
             test solution).
         threads: torch intra-op threads (None leaves the setting; 1 in each worker).
@@ -94,6 +99,7 @@ class Config:
     train_ops: tuple[int, int] = (1, 4)
     test_bins: tuple[tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6))
     headline_bin: int = -1
+    ablation_bin: int | None = None
     n_test: int = 100
     max_edge: int = 6
     n_layer: tuple[int, int] = (2, 3)
@@ -110,11 +116,11 @@ class Config:
     d_model: int = 128
     n_layer_model: int = 4
     n_head: int = 4
-    seq_len: int = 384
+    step_tokens: int = 6144
+    max_len: int = 1024
     documents: bool = True
     precision: str = "fp32"
     steps: int = 300
-    batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 30
     max_new_tokens: int | None = None
@@ -131,19 +137,20 @@ class Config:
             )
         if not self.test_bins or any(a > b for a, b in self.test_bins):
             raise ValueError(f"test_bins must be non-empty (min, max) ranges, got {self.test_bins}")
-        if not -len(self.test_bins) <= self.headline_bin < len(self.test_bins):
-            raise ValueError(
-                f"headline_bin {self.headline_bin} is not an index into the "
-                f"{len(self.test_bins)} test_bins"
-            )
+        for name in ("headline_bin", "ablation_bin"):
+            k = getattr(self, name)
+            if k is not None and not -len(self.test_bins) <= k < len(self.test_bins):
+                raise ValueError(
+                    f"{name} {k} is not an index into the {len(self.test_bins)} test_bins"
+                )
         if any(not 0 < r <= 1 for r in (*self.retry_rates, self.ablation_rate)):
             raise ValueError("retry rates must lie in (0, 1]")
         if f"retry {self.ablation_rate:g}" not in {f"retry {r:g}" for r in self.retry_rates}:
             raise ValueError(
                 f"ablation_rate {self.ablation_rate:g} must be one of retry_rates {self.retry_rates}"
             )
-        if self.n_test < 1 or self.steps < 1 or self.workers < 1:
-            raise ValueError("n_test, steps and workers must be >= 1")
+        if min(self.n_test, self.steps, self.workers, self.step_tokens, self.max_len) < 1:
+            raise ValueError("n_test, steps, workers, step_tokens and max_len must be >= 1")
 
 
 def variants(cfg: Config) -> list[Variant]:
@@ -162,8 +169,8 @@ def variants(cfg: Config) -> list[Variant]:
 PRESETS = {
     # seconds: a 2-layer model, a few steps; checks the pipeline, not the claim
     "smoke": Config(
-        seeds=(0, 1), n_test=8, steps=4, batch_size=4, d_model=32, n_layer_model=1,
-        n_head=2, seq_len=256, train_ops=(1, 2), test_bins=((1, 2), (3, 3)),
+        seeds=(0, 1), n_test=8, steps=4, step_tokens=512, d_model=32, n_layer_model=1,
+        n_head=2, max_len=256, train_ops=(1, 2), test_bins=((1, 2), (3, 3)),
         retry_rates=(0.5,), warmup_steps=1, max_new_tokens=48,
     ),
     # <= 5 minutes on 2 cores: error-free vs retry 0.2 and 0.5 (no ablations) x 2 seeds of a
@@ -174,16 +181,16 @@ PRESETS = {
     # claims compare op 2, the hardest bin inside the training range: op 3 is 0% for every
     # model at this budget (see NOTES.md for what each choice bought)
     "quick": Config(
-        steps=3600, batch_size=2, seq_len=384, d_model=64, n_layer_model=2, n_head=4,
+        steps=2400, step_tokens=600, max_len=512, d_model=64, n_layer_model=2, n_head=4,
         n_layer=(2, 2), width=(2, 2), max_edge=3, perm_level=6, whole_names=True, mod=7,
-        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), headline_bin=1, n_test=100,
-        lr=1e-2, symbol_method="seq", retry_rates=(0.2, 0.5), ablations=False, threads=1,
-        workers=2,
+        train_ops=(1, 2), test_bins=((1, 1), (2, 2), (3, 3)), headline_bin=1, n_test=300,
+        lr=1e-2, symbol_method="seq", retry_rates=(0.1, 0.3, 0.5), ablation_rate=0.1,
+        ablation_bin=0, threads=1, workers=2,
     ),
     # closer to the paper's protocol (still far smaller than its 12-layer GPT-2)
     "full": Config(
         seeds=(0, 1, 2), train_ops=(1, 8), test_bins=((1, 4), (5, 8), (9, 10)), max_edge=10,
-        n_layer=(2, 4), width=(2, 4), steps=4000, batch_size=32, seq_len=768, d_model=256,
+        n_layer=(2, 4), width=(2, 4), steps=4000, step_tokens=20000, d_model=256,
         n_layer_model=8, n_head=8, lr=1e-3, warmup_steps=200, n_test=300,
     ),
 }  # fmt: skip
@@ -230,7 +237,6 @@ def run(cfg: Config, out: RunDir) -> list[Result]:
 def _run(cfg: Config, out: RunDir) -> list[Result]:
     t0 = time.perf_counter()
     tests = _test_sets(cfg)
-    n_rows = cfg.steps * cfg.batch_size
     pool = _Pool(cfg)
     flat = [p for t in tests for p in t]
     tok = build_tokenizer(flat, mod=cfg.mod, whole_names=cfg.whole_names)
@@ -241,26 +247,28 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     max_new = cfg.max_new_tokens or int(longest_solution * 1.5)
     longest = longest_prompt + max_new
     out.log(stage="data", vocab_size=tok.vocab_size, seconds=time.perf_counter() - t0)
-    packed = {}
-    for v in vs:
-        # seeded by rate and kind, not name: the masked variant sees its twin's documents
-        rng = random.Random(f"{cfg.data_seed}:{v.kind}:{v.retry_rate}")
-        docs = (document(tok, p, v, rng, cfg.statement_loss) for p in pool)
-        x, y, doc_ids, n_docs = pack_rows(docs, n_rows, cfg.seq_len, tok.pad_id)
-        packed[v.name] = (x, y, doc_ids) if cfg.documents else (x, y)
-        out.log(stage="pack", variant=v.name, n_problems=n_docs,
-                loss_tokens=int((y != -100).sum()), tokens=x.numel())  # fmt: skip
     acc: dict[str, list[list[float]]] = {v.name: [] for v in vs}  # variant -> seed -> bin
     back: dict[str, list[float]] = {v.name: [] for v in vs}
     prog: dict[str, list[list[float]]] = {v.name: [] for v in vs}  # partial credit
     runs = [(s, v) for s in cfg.seeds for v in vs]
-    jobs = [(cfg, tok, packed[v.name], seed, longest, flat, max_new) for seed, v in runs]
+
+    def job(data: _Flat, seed: int) -> tuple:
+        return (cfg, tok, data, seed, longest, flat, max_new)
+
     with contextlib.ExitStack() as stack:
-        if cfg.workers > 1:  # results come back in job order, whatever finishes first
+        if cfg.workers > 1:
+            # each variant's models start as soon as its data are ready, while the next
+            # variant's are built; results are read back in `runs` order
             workers = stack.enter_context(process_pool(cfg.workers, cfg.threads or 1))
-            fitted = workers.map(_fit_and_solve, *zip(*jobs))
+            futures = {
+                (seed, v.name): workers.submit(_fit_and_solve, *job(data, seed))
+                for v, data in _variant_data(cfg, tok, pool, vs, out)
+                for seed in cfg.seeds
+            }
+            fitted = (futures[seed, v.name].result() for seed, v in runs)
         else:
-            fitted = (_fit_and_solve(*job) for job in jobs)
+            data = dict((v.name, d) for v, d in _variant_data(cfg, tok, pool, vs, out))
+            fitted = (_fit_and_solve(*job(data[v.name], seed)) for seed, v in runs)
         done = list(out.track(zip(runs, fitted), "train + eval", total=len(runs)))
     for (seed, v), (loss, seconds, sols) in done:
         out.log(stage="train", seed=seed, variant=v.name, final_loss=loss, seconds=seconds)
@@ -281,10 +289,27 @@ def _run(cfg: Config, out: RunDir) -> list[Result]:
     return _results(cfg, acc, back, prog)
 
 
+def _variant_data(cfg: Config, tok: WordTokenizer, pool: _Pool, vs: list[Variant], out: RunDir):
+    """Yield each variant with its training batches (`bucket_batches`, as a `_Flat`)."""
+    for v in vs:
+        # seeded by rate and kind, not name: the masked variant sees its twin's documents
+        rng = random.Random(f"{cfg.data_seed}:{v.kind}:{v.retry_rate}")
+        docs = (document(tok, p, v, rng, cfg.statement_loss) for p in pool)
+        batches, n_docs, n_tokens = bucket_batches(
+            docs, cfg.steps, cfg.step_tokens, tok.pad_id, cfg.max_len, seed=cfg.data_seed
+        )
+        if not cfg.documents:
+            batches = [b[:2] for b in batches]
+        out.log(stage="pack", variant=v.name, n_problems=n_docs, tokens=n_tokens,
+                loss_tokens=sum(int((b[1] != -100).sum()) for b in batches),
+                padded=sum(b[0].numel() for b in batches))  # fmt: skip
+        yield v, _Flat(batches)
+
+
 def _fit_and_solve(
     cfg: Config,
     tok: WordTokenizer,
-    data: tuple[torch.Tensor, ...],
+    data: _Flat,
     seed: int,
     longest: int,
     problems: list[Problem],
@@ -298,22 +323,47 @@ def _fit_and_solve(
     return loss, seconds, solve(model, tok, problems, max_new, documents=cfg.documents)
 
 
+class _Flat:
+    """Batches of varying shapes stored as one flat tensor per field, so that a variant's
+    data goes to a worker process as a few tensors rather than thousands."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, ...]]) -> None:
+        self.shapes = [tuple(b[0].shape) for b in batches]
+        self.fields = tuple(
+            torch.cat([b[k].flatten() for b in batches]) for k in range(len(batches[0]))
+        )
+        self.starts = [0]
+        for r, c in self.shapes:
+            self.starts.append(self.starts[-1] + r * c)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        a, b = self.starts[i], self.starts[i + 1]
+        return tuple(f[a:b].view(self.shapes[i]) for f in self.fields)
+
+    @property
+    def width(self) -> int:
+        return max(c for _, c in self.shapes)
+
+
 def _train(
-    cfg: Config, vocab_size: int, data, seed: int, longest: int
+    cfg: Config, vocab_size: int, data: _Flat, seed: int, longest: int
 ) -> tuple[Transformer, float]:
     seed_everything(seed)
     mcfg = ModelConfig(
         vocab_size=vocab_size, n_layer=cfg.n_layer_model, n_head=cfg.n_head,
-        d_model=cfg.d_model, max_seq_len=max(cfg.seq_len, longest),
+        d_model=cfg.d_model, max_seq_len=max(data.width, longest),
     )  # fmt: skip
     model = Transformer(mcfg)
+    rows = round(sum(r for r, _ in data.shapes) / len(data))  # for the trainer's samples/s
     tcfg = TrainConfig(
-        steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps,
+        steps=cfg.steps, lr=cfg.lr, batch_size=rows, warmup_steps=cfg.warmup_steps,
         weight_decay=0.1, seed=seed, log_every=max(1, cfg.steps // 10), precision=cfg.precision,
     )  # fmt: skip
-    b = cfg.batch_size
-    # data order is fixed (row i at step i // B): same for every variant and seed
-    state = train(model, tcfg, lambda i, g: tuple(t[i * b : (i + 1) * b] for t in data))
+    # data order is fixed (batch i at step i): the same for every seed
+    state = train(model, tcfg, lambda i, g: data[i])
     return model, state.history[-1]["loss"]
 
 
@@ -350,10 +400,15 @@ def _results(
         acc = acc | {f"{r} masked": [[math.nan] * len(cfg.test_bins) for _ in seeds]}
         acc |= {f"retry_weak {cfg.ablation_rate:g}": acc[f"{r} masked"]}
     # A comparison with a model that solves (almost) nothing says nothing: NaN, never a pass.
-    ref = [u[hard] for u in acc[r]]
-    masked = _gated([m[hard] - u for m, u in zip(acc[f"{r} masked"], ref)], ref, cfg.min_accuracy)
+    abl = hard if cfg.ablation_bin is None else cfg.ablation_bin % len(cfg.test_bins)
+    alo, ahi = cfg.test_bins[abl]
+    abl_where = f"op {alo}-{ahi}" + (
+        ", inside the training range" if ahi <= cfg.train_ops[1] else ""
+    )
+    ref = [u[abl] for u in acc[r]]
+    masked = _gated([m[abl] - u for m, u in zip(acc[f"{r} masked"], ref)], ref, cfg.min_accuracy)
     weak = _gated(
-        [w[hard] - u for w, u in zip(acc[f"retry_weak {cfg.ablation_rate:g}"], ref)],
+        [w[abl] - u for w, u in zip(acc[f"retry_weak {cfg.ablation_rate:g}"], ref)],
         ref,
         cfg.min_accuracy,
     )
@@ -374,12 +429,12 @@ def _results(
             gain, AtLeast(0.05), seeds, unit="accuracy", note=note,
         ),
         Result.check(
-            CLAIMS[1] + f" ({where}, rate {cfg.ablation_rate:g})", "masked <= unmasked",
+            CLAIMS[1] + f" ({abl_where}, rate {cfg.ablation_rate:g})", "masked <= unmasked",
             masked, AtMost(0.02), seeds, unit="accuracy",
             note=f"accuracy(masked) - accuracy(unmasked); 2 points of noise allowed; {gate}{skipped}",
         ),
         Result.check(
-            CLAIMS[2] + f" ({where}, rate {cfg.ablation_rate:g})", "retry_weak close to retry",
+            CLAIMS[2] + f" ({abl_where}, rate {cfg.ablation_rate:g})", "retry_weak close to retry",
             weak, Within(0.0, abs=0.05), seeds, unit="accuracy",
             note=f"accuracy(retry_weak) - accuracy(retry); {gate}{skipped}",
         ),
