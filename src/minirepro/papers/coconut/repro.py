@@ -60,7 +60,7 @@ class Config:
         n_layer, n_head, d_model: The core decoder trained from scratch.
         max_latent_stage, c_thought: The curriculum (the paper: 6 and 1).
         steps_per_stage, final_steps: Optimizer steps per stage and at the final stage.
-        lr, batch_size, precision: Optimisation (`TrainSettings`).
+        lr, batch_size, precision, warmup_steps: Optimisation (`TrainSettings`).
         train_path, test_path: The reference's ProsQA JSON files, used instead of
             generated problems when given (``data/prosqa_train.json``, ``..._test.json``).
         threads: torch intra-op threads (None leaves the setting). One by default: the
@@ -85,6 +85,7 @@ class Config:
     lr: float = 2e-3
     batch_size: int = 32
     precision: str = "fp32"
+    warmup_steps: int = 0
     train_path: str | None = None
     test_path: str | None = None
     threads: int | None = 1
@@ -117,7 +118,10 @@ class Config:
         )
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(lr=self.lr, batch_size=self.batch_size, precision=self.precision)
+        return TrainSettings(
+            lr=self.lr, batch_size=self.batch_size, precision=self.precision,
+            warmup_steps=self.warmup_steps,
+        )  # fmt: skip
 
 
 PRESETS = {
@@ -204,7 +208,7 @@ def run_job(cfg: Config, seed: int, method: str) -> dict[str, Any]:
         hist = train_method(net, tok_train, method, cur, tok, cfg.settings(), seed=seed)
         t2 = time.perf_counter()
         ev = evaluate(net, tok, test_recs, method, cur)
-        metrics = {k: ev[k] for k in ("accuracy", "tokens_per_answer")}
+        metrics = {k: ev[k] for k in ("accuracy", "named", "choice_accuracy", "tokens_per_answer")}
         res: dict[str, Any] = {"metrics": metrics, "n_test": len(test_recs)}
         if method == "coconut":
             res["frontier"] = frontier_analysis(net, tok, test_recs, cur)
@@ -303,6 +307,8 @@ def results(cfg: Config, rows: dict[int, dict[str, Any]]) -> list[Result]:
     for i, m in enumerate(METHODS):
         if m in have:
             tokens = statistics.fmean(_vals(rows, lambda r, m=m: r[m]["tokens_per_answer"]))
+            named = _vals(rows, lambda r, m=m: r[m].get("named", float("nan")))
+            choice = _vals(rows, lambda r, m=m: r[m].get("choice_accuracy", float("nan")))
             out.append(
                 Result.check(
                     CLAIMS[6 + i],
@@ -311,8 +317,10 @@ def results(cfg: Config, rows: dict[int, dict[str, Any]]) -> list[Result]:
                     AtLeast(60.0),
                     seeds,
                     unit="%",
-                    note=f"criterion: 10 points above chance; {tokens:.1f} tokens per answer; "
-                    f"{rows[seeds[0]]['n_test']} held-out problems",
+                    note=f"criterion: 10 points above chance; names one of the two options in "
+                    f"{statistics.fmean(named):.1f}%, of those the right one in "
+                    f"{statistics.fmean(choice):.1f}% (50 = guessing); {tokens:.1f} tokens per "
+                    f"answer; {rows[seeds[0]]['n_test']} held-out problems",
                 )  # fmt: skip
             )
     return out

@@ -43,6 +43,8 @@ class TrainSettings:
         batch_size: Sequences per step ("batch_size_training: 32" per GPU).
         grad_clip: Global gradient-norm clip.
         precision: "fp32", "bf16" or "auto" (`minirepro.core.precision`).
+        warmup_steps: Linear warmup at the start of every stage (the optimizer is new at
+            each); 0, the reference's setting, starts at ``lr``.
     """
 
     lr: float = 1e-3
@@ -50,9 +52,12 @@ class TrainSettings:
     batch_size: int = 32
     grad_clip: float | None = 1.0
     precision: str = "fp32"
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.lr > 0 or self.batch_size < 1:
             raise ValueError(
                 f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}"
@@ -118,7 +123,7 @@ def train_method(
             steps=steps,
             lr=settings.lr,
             weight_decay=settings.weight_decay,
-            warmup_steps=0,
+            warmup_steps=min(settings.warmup_steps, steps),
             min_lr_ratio=1.0,
             grad_clip=settings.grad_clip,
             batch_size=settings.batch_size,
