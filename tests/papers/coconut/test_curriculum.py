@@ -143,3 +143,20 @@ def test_evaluate_reports_option_choice_beside_exact_match():
     ev = evaluate(Replay(), tok, recs, "no_cot", CUR)
     assert ev["accuracy"] == 50.0  # exact match after the last "###" (or the whole output)
     assert ev["named"] == 75.0 and ev["choice_accuracy"] == pytest.approx(200 / 3)
+
+
+def test_each_stage_restarts_the_learning_rate_schedule(data):
+    from minirepro.core.model import ModelConfig
+    from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
+
+    tok, recs = data
+    cur = Curriculum(max_latent_stage=0, c_thought=1, steps_per_stage=4, final_steps=4)
+    net = make_model("coconut", tok, ModelConfig(vocab_size=tok.vocab_size, d_model=16))
+    settings = TrainSettings(lr=1e-2, batch_size=2, min_lr_ratio=0.1)
+    hist = train_method(net, recs[:4], "coconut", cur, tok, settings)
+    for stage in (0, 1):
+        lrs = [h["lr"] for h in hist if h["stage"] == stage]
+        assert lrs[0] > 5e-3 and lrs[-1] == pytest.approx(1e-3)  # cosine, restarted
+    one = Curriculum(max_latent_stage=0, c_thought=1, steps_per_stage=4, final_steps=0)
+    const = train_method(net, recs[:4], "no_cot", one, tok, TrainSettings(lr=1e-2, batch_size=2))
+    assert {h["lr"] for h in const} == {1e-2}  # the reference's constant rate by default

@@ -62,7 +62,8 @@ class Config:
         n_layer, n_head, d_model: The core decoder trained from scratch.
         max_latent_stage, c_thought: The curriculum (the paper: 6 and 1).
         steps_per_stage, final_steps: Optimizer steps per stage and at the final stage.
-        lr, batch_size, precision, warmup_steps: Optimisation (`TrainSettings`).
+        lr, batch_size, precision, warmup_steps, min_lr_ratio: Optimisation
+            (`TrainSettings`).
         train_path, test_path: The reference's ProsQA JSON files, used instead of
             generated problems when given (``data/prosqa_train.json``, ``..._test.json``).
         threads: torch intra-op threads (None leaves the setting). One by default: the
@@ -88,6 +89,7 @@ class Config:
     batch_size: int = 32
     precision: str = "fp32"
     warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     train_path: str | None = None
     test_path: str | None = None
     threads: int | None = 1
@@ -122,7 +124,7 @@ class Config:
     def settings(self) -> TrainSettings:
         return TrainSettings(
             lr=self.lr, batch_size=self.batch_size, precision=self.precision,
-            warmup_steps=self.warmup_steps,
+            warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
         )  # fmt: skip
 
 
