@@ -99,3 +99,64 @@ def test_curriculum_bounds():
         Curriculum(c_thought=0)
     with pytest.raises(ValueError):
         Curriculum(steps_per_stage=0)
+
+
+def test_named_option_reads_which_option_an_answer_names():
+    from minirepro.papers.coconut.evaluate import named_option
+    from minirepro.tasks.prosqa import options
+
+    rec = generate_prosqa(1, 3, ProsQAConfig(n_nodes=(9, 11), mode_nodes=None, n_steps=(3, 4)))[0]
+    tok = build_tokenizer([rec])
+    right, wrong = options(rec)
+    name = rec["idx_to_symbol"][rec["root"]]
+    other = next(s for s in rec["idx_to_symbol"] if s not in (right, wrong, name))
+    said = lambda text: named_option(tok, tok.encode(text), rec)  # noqa: E731
+    assert said(f"{name} is a {right} .") == 0
+    assert said(f"{name} is a {wrong} .") == 1
+    assert said(right) == 0  # the form does not matter
+    assert said(f"{name} is a {other} .") is None  # a concept, not an option
+    assert said(f"{right} {wrong}") is None  # both: no choice
+
+
+def test_evaluate_reports_option_choice_beside_exact_match():
+    from minirepro.papers.coconut.evaluate import evaluate
+    from minirepro.tasks.prosqa import options
+
+    recs = generate_prosqa(4, 1, ProsQAConfig(n_nodes=(7, 9), mode_nodes=None, n_steps=(2, 3)))
+    tok = build_tokenizer(recs)
+    name = [r["idx_to_symbol"][r["root"]] for r in recs]
+    said = [  # right, wrong option, a concept that is no option, right without "###"
+        f"### {name[0]} is a {options(recs[0])[0]} .",
+        f"### {name[1]} is a {options(recs[1])[1]} .",
+        f"### {name[2]} is a "
+        + next(s for s in recs[2]["idx_to_symbol"][::-1] if s not in (*options(recs[2]), name[2])),
+        f"{name[3]} is a {options(recs[3])[0]} .",
+    ]
+
+    class Replay:  # a model that says the answers above
+        def eval(self):
+            return self
+
+        def generate(self, prompts, max_new_tokens, stop_tokens):
+            return [tok.encode(t) for t in said[: len(prompts)]]
+
+    ev = evaluate(Replay(), tok, recs, "no_cot", CUR)
+    assert ev["accuracy"] == 50.0  # exact match after the last "###" (or the whole output)
+    assert ev["named"] == 75.0 and ev["choice_accuracy"] == pytest.approx(200 / 3)
+
+
+def test_each_stage_restarts_the_learning_rate_schedule(data):
+    from minirepro.core.model import ModelConfig
+    from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
+
+    tok, recs = data
+    cur = Curriculum(max_latent_stage=0, c_thought=1, steps_per_stage=4, final_steps=4)
+    net = make_model("coconut", tok, ModelConfig(vocab_size=tok.vocab_size, d_model=16))
+    settings = TrainSettings(lr=1e-2, batch_size=2, min_lr_ratio=0.1)
+    hist = train_method(net, recs[:4], "coconut", cur, tok, settings)
+    for stage in (0, 1):
+        lrs = [h["lr"] for h in hist if h["stage"] == stage]
+        assert lrs[0] > 5e-3 and lrs[-1] == pytest.approx(1e-3)  # cosine, restarted
+    one = Curriculum(max_latent_stage=0, c_thought=1, steps_per_stage=4, final_steps=0)
+    const = train_method(net, recs[:4], "no_cot", one, tok, TrainSettings(lr=1e-2, batch_size=2))
+    assert {h["lr"] for h in const} == {1e-2}  # the reference's constant rate by default

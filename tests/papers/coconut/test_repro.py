@@ -35,7 +35,8 @@ def test_verdicts_follow_the_criteria():
     "kwargs, match",
     [({"seeds": ()}, "seeds"), ({"methods": ("coconut", "x")}, "unknown method"),
      ({"n_nodes": (3, 4)}, "n_nodes"), ({"max_latent_stage": -1}, "max_latent_stage"),
-     ({"precision": "fp8"}, "precision"), ({"n_test": 0}, "n_test")],
+     ({"precision": "fp8"}, "precision"), ({"n_test": 0}, "n_test"),
+     ({"warmup_steps": -1}, "warmup_steps"), ({"min_lr_ratio": 1.5}, "min_lr_ratio")],
 )  # fmt: skip
 def test_bad_config_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

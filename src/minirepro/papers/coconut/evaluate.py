@@ -17,8 +17,9 @@ from minirepro.papers.coconut.curriculum import (
     tokenize_record,
 )
 from minirepro.papers.coconut.latent import Coconut
+from minirepro.tasks.prosqa import options
 
-__all__ = ["answer_loss", "evaluate", "extract_answer"]
+__all__ = ["answer_loss", "evaluate", "extract_answer", "named_option"]
 
 
 @torch.no_grad()
@@ -54,6 +55,18 @@ def extract_answer(tok: WordTokenizer, generated: Sequence[int]) -> list[int]:
     return ids
 
 
+def named_option(tok: WordTokenizer, answer: Sequence[int], record: dict[str, Any]) -> int | None:
+    """Which option an answer names: 0 the target, 1 the other option, None for neither or both.
+
+    The answer (ids after "###") names an option when exactly one of the question's two
+    concepts occurs in it, whatever else it says ("Tom is a wumpus." and "wumpus" both name
+    the wumpus); exact match is stricter.
+    """
+    words = set(tok.decode(list(answer)).replace(".", " ").split())
+    hits = [i for i, w in enumerate(options(record)) if w in words]
+    return hits[0] if len(hits) == 1 else None
+
+
 def evaluate(
     net: Coconut,
     tok: WordTokenizer,
@@ -67,7 +80,9 @@ def evaluate(
     """Greedy answers with a fixed number of thoughts; exact-match accuracy.
 
     Returns:
-        ``accuracy`` (percent), ``tokens_per_answer`` (mean new tokens, EOS included, plus
+        ``accuracy`` (percent, exact match), ``named`` (percent of answers that name one of
+        the two options, `named_option`), ``choice_accuracy`` (percent of those naming the
+        right one; 50 is guessing; 0 when none names an option), ``tokens_per_answer`` (mean new tokens, EOS included, plus
         the continuous thoughts or pauses, as the paper counts them) and ``outputs`` (the
         decoded generations).
     """
@@ -75,13 +90,23 @@ def evaluate(
     recs = [tokenize_record(tok, r) for r in records]
     prompts = [inference_prompt(r, method, cur, tok) for r in recs]
     thoughts = cur.n_thoughts if method not in ("cot", "no_cot") else 0
-    correct, tokens, outputs = 0, 0, []
+    correct, tokens, named, chose, outputs = 0, 0, 0, 0, []
     for lo in range(0, len(prompts), batch_size):
         gen = net.generate(prompts[lo : lo + batch_size], max_new_tokens, [tok.eos_id])
-        for rec, g in zip(recs[lo : lo + batch_size], gen):
+        for i, (rec, g) in enumerate(zip(recs[lo : lo + batch_size], gen)):
             answer = rec.answer[3:-1]  # without "###" and EOS
-            correct += extract_answer(tok, g) == answer
+            said = extract_answer(tok, g)
+            correct += said == answer
+            pick = named_option(tok, said, records[lo + i])
+            named += pick is not None
+            chose += pick == 0
             tokens += len(g) + 1 + thoughts
             outputs.append(tok.decode(g))
     n = max(1, len(prompts))
-    return {"accuracy": 100.0 * correct / n, "tokens_per_answer": tokens / n, "outputs": outputs}
+    return {
+        "accuracy": 100.0 * correct / n,
+        "named": 100.0 * named / n,
+        "choice_accuracy": 100.0 * chose / max(1, named),
+        "tokens_per_answer": tokens / n,
+        "outputs": outputs,
+    }

@@ -2,7 +2,7 @@
 
 Each stage is one `minirepro.core.train.train` call on that stage's sequences: a fresh
 AdamW per call is the reference's ``reset_optimizer: True``, and a constant learning rate
-(no warmup, ``min_lr_ratio=1``) its schedule-free AdamW. Batches are drawn with the
+(no warmup, ``min_lr_ratio=1``, the defaults) its schedule-free AdamW. Batches are drawn with the
 step's generator, so a run is determined by its seed.
 """
 
@@ -43,6 +43,11 @@ class TrainSettings:
         batch_size: Sequences per step ("batch_size_training: 32" per GPU).
         grad_clip: Global gradient-norm clip.
         precision: "fp32", "bf16" or "auto" (`minirepro.core.precision`).
+        warmup_steps: Linear warmup at the start of every stage (the optimizer is new at
+            each); 0, the reference's setting, starts at ``lr``.
+        min_lr_ratio: Each stage's learning rate follows a cosine from ``lr`` down to
+            ``lr * min_lr_ratio`` (a warm restart at the next stage's new optimizer); 1, the
+            reference's setting, keeps it constant.
     """
 
     lr: float = 1e-3
@@ -50,9 +55,15 @@ class TrainSettings:
     batch_size: int = 32
     grad_clip: float | None = 1.0
     precision: str = "fp32"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.lr > 0 or self.batch_size < 1:
             raise ValueError(
                 f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}"
@@ -118,8 +129,8 @@ def train_method(
             steps=steps,
             lr=settings.lr,
             weight_decay=settings.weight_decay,
-            warmup_steps=0,
-            min_lr_ratio=1.0,
+            warmup_steps=min(settings.warmup_steps, steps),
+            min_lr_ratio=settings.min_lr_ratio,
             grad_clip=settings.grad_clip,
             batch_size=settings.batch_size,
             log_every=max(1, steps // 4),
