@@ -20,7 +20,8 @@ Implemented here:
 - `curriculum`: stages, sequences and labels of Coconut, CoT, No-CoT, pause-as-thought and
   Coconut without curriculum;
 - `training`: a method through its stages with the core trainer (optimizer reset per stage);
-- `evaluate`: accuracy and tokens per answer; `analysis`: the BFS frontier analysis;
+- `evaluate`: accuracy and tokens per answer; `analysis`: the BFS frontier analysis (the paper's
+  language-mode probe after k thoughts);
 - `repro`: `run(cfg, out)`.
 
 Deviations: a 2-layer decoder trained from scratch instead of pretrained GPT-2, smaller
@@ -30,7 +31,12 @@ NOTES.md for the measurements.
 Run: `minirepro run coconut --preset quick`.
 """
 
-from minirepro.papers.coconut.analysis import CLASSES, frontier_analysis, plot_frontier
+from minirepro.papers.coconut.analysis import (
+    CLASSES,
+    frontier_analysis,
+    plot_frontier,
+    thought_decode_analysis,
+)
 from minirepro.papers.coconut.curriculum import (
     BOT,
     EOT,
@@ -103,6 +109,7 @@ __all__ = [
     "plot_frontier",
     "run",
     "stage_example",
+    "thought_decode_analysis",
     "tokenize_record",
     "train_method",
 ]

@@ -18,7 +18,11 @@ from typing import Any
 from minirepro.core.model import ModelConfig
 from minirepro.core.results import AtLeast, AtMost, Result, RunDir
 from minirepro.core.threads import num_threads
-from minirepro.papers.coconut.analysis import frontier_analysis, plot_frontier
+from minirepro.papers.coconut.analysis import (
+    frontier_analysis,
+    plot_frontier,
+    thought_decode_analysis,
+)
 from minirepro.papers.coconut.curriculum import (
     METHODS,
     Curriculum,
@@ -44,7 +48,8 @@ CLAIMS = [
     "Coconut beats Coconut without the curriculum",
     "Pause-as-thought is close to Coconut (the paper's gap: 0.4 points)",
     "Coconut answers with far fewer tokens than CoT",
-    "After the first thought, more probability on frontier concepts than on unreachable ones",
+    "After one thought, switched to language (<eot> Every ___), the model values frontier "
+    "concepts above unreachable ones",
     *[f"{m} accuracy on held-out ProsQA is above chance (50%)" for m in METHODS],
 ]
 
@@ -219,6 +224,7 @@ def run_job(cfg: Config, seed: int, method: str) -> dict[str, Any]:
         res: dict[str, Any] = {"metrics": metrics, "n_test": len(test_recs)}
         if method == "coconut":
             res["frontier"] = frontier_analysis(net, tok, test_recs, cur)
+            res["thought_decode"] = thought_decode_analysis(net, tok, test_recs, cur)
         log = dict(
             seed=seed, method=method, train_s=t2 - t1, eval_s=time.perf_counter() - t2,
             setup_s=t1 - t0, steps=sum(n for _, n in cur.schedule(method)),
@@ -226,7 +232,8 @@ def run_job(cfg: Config, seed: int, method: str) -> dict[str, Any]:
             heldout_loss=answer_loss(net, tok, test_recs[:100], method, cur),
             example_output=ev["outputs"][0], **metrics,
         )  # fmt: skip
-        res["log"] = {**log, **({"frontier": res["frontier"]} if "frontier" in res else {})}
+        extra = {k: res[k] for k in ("frontier", "thought_decode") if k in res}
+        res["log"] = {**log, **extra}
         return res
 
 
@@ -298,6 +305,7 @@ def results(cfg: Config, rows: dict[int, dict[str, Any]]) -> list[Result]:
         un = _vals(rows, lambda r: r["frontier"]["mass"]["unreachable"][0])
         pn = _vals(rows, lambda r: r["frontier"]["per_node"]["frontier"][0])
         pu = _vals(rows, lambda r: r["frontier"]["per_node"]["unreachable"][0])
+        gd = _vals(rows, lambda r: r["frontier"].get("gold", [float("nan")])[0])
         out.append(
             Result.check(
                 CLAIMS[5],
@@ -306,9 +314,11 @@ def results(cfg: Config, rows: dict[int, dict[str, Any]]) -> list[Result]:
                 AtLeast(0.0),
                 seeds,
                 unit="points",
-                note=f"thought 1 decoded: mass on frontier {statistics.fmean(fr):.3f} vs "
-                f"unreachable {statistics.fmean(un):.3f}; per concept "
-                f"{statistics.fmean(pn):.4f} vs {statistics.fmean(pu):.4f}",
+                note=f"probability of each concept as the next step's node after 1 thought "
+                f"(<eot> Every ___): frontier (depth 1) {statistics.fmean(fr):.3f} vs "
+                f"unreachable {statistics.fmean(un):.3f} in total; per concept "
+                f"{statistics.fmean(pn):.4f} vs {statistics.fmean(pu):.4f}; the reference "
+                f"step's node {statistics.fmean(gd):.3f}",
             )  # fmt: skip
         )
     for i, m in enumerate(METHODS):
