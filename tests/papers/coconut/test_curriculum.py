@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from minirepro.papers.coconut import (
     BOT,
@@ -11,6 +12,7 @@ from minirepro.papers.coconut import (
     collate,
     extract_answer,
     inference_prompt,
+    mixed_stages,
     stage_example,
     tokenize_record,
 )
@@ -99,6 +101,8 @@ def test_curriculum_bounds():
         Curriculum(c_thought=0)
     with pytest.raises(ValueError):
         Curriculum(steps_per_stage=0)
+    with pytest.raises(ValueError, match="uniform_prob"):
+        Curriculum(uniform_prob=1.5)
 
 
 def test_named_option_reads_which_option_an_answer_names():
@@ -160,3 +164,39 @@ def test_each_stage_restarts_the_learning_rate_schedule(data):
     one = Curriculum(max_latent_stage=0, c_thought=1, steps_per_stage=4, final_steps=0)
     const = train_method(net, recs[:4], "no_cot", one, tok, TrainSettings(lr=1e-2, batch_size=2))
     assert {h["lr"] for h in const} == {1e-2}  # the reference's constant rate by default
+
+
+def test_uniform_prob_draws_stages_uniformly_and_deterministically(data):
+    _, recs = data
+    many = recs * 100  # 2,000 records of 3-4 steps
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    assert mixed_stages(many, 2, CUR, g(0)) == [2] * len(many)  # 0: the reference's default
+    mix = Curriculum(max_latent_stage=3, uniform_prob=0.3)
+    a, b = mixed_stages(many, 2, mix, g(5)), mixed_stages(many, 2, mix, g(5))
+    assert a == b and a != mixed_stages(many, 2, mix, g(6))
+    moved = sum(s != 2 for s in a) / len(a)
+    # a draw lands on the current stage too: 0.3 * (1 - 1/(n+1)) with n = 3 or 4 steps
+    assert 0.2 < moved < 0.28
+    every = mixed_stages(many, 9, Curriculum(max_latent_stage=3, uniform_prob=1.0), g(1))
+    for n in {len(r.steps) for r in recs}:
+        got = [s for s, r in zip(every, many) if len(r.steps) == n]
+        assert set(got) == set(range(n + 1))  # 0..n steps, uniformly
+        for k in range(n + 1):
+            assert abs(got.count(k) / len(got) - 1 / (n + 1)) < 0.06
+
+
+def test_uniform_prob_changes_the_training_sequences_of_the_curriculum_methods(data):
+    from minirepro.core.model import ModelConfig
+    from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
+
+    tok, recs = data
+    settings = TrainSettings(lr=1e-2, batch_size=4)
+
+    def losses(method, p):
+        cur = Curriculum(max_latent_stage=1, steps_per_stage=3, final_steps=0, uniform_prob=p)
+        net = make_model(method, tok, ModelConfig(vocab_size=tok.vocab_size, d_model=16))
+        return [h["loss"] for h in train_method(net, recs[:8], method, cur, tok, settings)]
+
+    assert losses("coconut", 1.0) == losses("coconut", 1.0)  # seeded
+    assert losses("coconut", 1.0) != losses("coconut", 0.0)
+    assert losses("cot", 1.0) == losses("cot", 0.0)  # only the curriculum methods mix

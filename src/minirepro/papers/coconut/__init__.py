@@ -49,6 +49,7 @@ from minirepro.papers.coconut.curriculum import (
     build_tokenizer,
     collate,
     inference_prompt,
+    mixed_stages,
     stage_example,
     tokenize_record,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "naive_latent_forward",
     "plot_frontier",
     "run",
+    "mixed_stages",
     "stage_example",
     "thought_decode_analysis",
     "tokenize_record",

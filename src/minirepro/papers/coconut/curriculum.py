@@ -43,6 +43,7 @@ __all__ = [
     "check_method",
     "collate",
     "inference_prompt",
+    "mixed_stages",
     "stage_example",
     "tokenize_record",
 ]
@@ -61,18 +62,26 @@ class Curriculum:
         c_thought: Thoughts per step ("c = 1 for ProsQA").
         steps_per_stage: Optimizer steps at each stage 0..K (the paper: 5 epochs each).
         final_steps: Optimizer steps at stage K+1 (the paper: the rest of 50 epochs).
+        uniform_prob: The reference's stage mixing: at every stage of the curriculum
+            methods (Coconut, pause), each record is built, with this probability, at a
+            stage drawn uniformly from 0..its number of steps instead of the current one
+            (`mixed_stages`). 0 in the reference's main runs; its analysis runs mix, so a
+            model keeps the formats of the earlier stages that the BFS probe reads.
     """
 
     max_latent_stage: int = 6
     c_thought: int = 1
     steps_per_stage: int = 100
     final_steps: int = 100
+    uniform_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_latent_stage < 0 or self.c_thought < 1:
             raise ValueError("max_latent_stage must be >= 0 and c_thought >= 1")
         if self.steps_per_stage < 1 or self.final_steps < 0:
             raise ValueError("steps_per_stage must be >= 1 and final_steps >= 0")
+        if not 0.0 <= self.uniform_prob <= 1.0:
+            raise ValueError(f"uniform_prob must be in [0, 1], got {self.uniform_prob}")
 
     @property
     def n_thoughts(self) -> int:
@@ -94,6 +103,26 @@ class Curriculum:
             return stages
         fixed = {"cot": 0, "no_cot": 0, "no_curriculum": K + 1}[method]
         return [(fixed, n) for _, n in stages]
+
+
+def mixed_stages(
+    records: Sequence[TokenizedRecord], stage: int, cur: Curriculum, generator: torch.Generator
+) -> list[int]:
+    """The stage each record is built at during ``stage``, with ``cur.uniform_prob`` mixing.
+
+    Each record keeps ``stage`` unless a draw below ``uniform_prob`` picks a stage uniformly
+    from 0..len(its steps) (the reference's ``get_cot_latent_dataset``; a stage past
+    ``max_latent_stage`` then drops every step with the latents at the maximum). Two draws
+    per record from ``generator`` whatever the outcome, so the result is determined by it.
+    """
+    if cur.uniform_prob == 0.0:
+        return [stage] * len(records)
+    coins = torch.rand(len(records), generator=generator).tolist()
+    picks = torch.rand(len(records), generator=generator).tolist()
+    return [
+        int(p * (len(r.steps) + 1)) if c < cur.uniform_prob else stage
+        for r, c, p in zip(records, coins, picks)
+    ]
 
 
 def check_method(method: str) -> None:

@@ -12,8 +12,9 @@ The same code drives two backbones through a small adapter (`as_backbone`): the 
 decoder (`minirepro.core.model.Transformer`) and a transformers causal LM
 (`LlamaForCausalLM`, GPT-2, ...), whose KV cache is a `DynamicCache`.
 
-Padding: rows are left-padded so their latent tokens sit at the same columns (the
-reference's collator does the same). ``document_ids`` marks padding with 0 and tokens with
+Padding: rows are left-padded so their latent tokens start at the same column (the
+reference's collator does the same); a row with fewer latents than another keeps its own
+tokens' embeddings at the other's extra latent columns. ``document_ids`` marks padding with 0 and tokens with
 1 (`minirepro.core.documents.left_pad_document_ids`); the core decoder keeps padding out
 of attention and positions with it, an HF model gets it as ``attention_mask``.
 """
@@ -143,22 +144,18 @@ def as_backbone(model: nn.Module) -> nn.Module:
 
 
 def latent_columns(ids: Tensor, latent_id: int) -> list[int]:
-    """Columns of the latent tokens, shared by every row of ``ids`` (B, S).
+    """Columns that hold a latent token in at least one row of ``ids`` (B, S).
+
+    Rows may hold different numbers of latents (the reference's ``uniform_prob`` mixes
+    stages in one batch); each column starts a pass, and a row whose token there is not a
+    latent keeps its own embedding.
 
     Raises:
-        ValueError: if rows hold latents at different columns, or a latent is the first
-            token (it has no hidden state before it).
+        ValueError: if a latent is the first token (it has no hidden state before it).
     """
     is_latent = ids == latent_id  # (B, S)
-    if not bool(is_latent.any()):
-        return []
-    if not bool((is_latent == is_latent[:1]).all()):
-        raise ValueError(
-            "rows hold their latent tokens at different columns; left-pad the questions "
-            "so the latents align (coconut.left_pad does)"
-        )
-    cols = is_latent[0].nonzero().flatten().tolist()
-    if cols[0] == 0:
+    cols = is_latent.any(0).nonzero().flatten().tolist()
+    if cols and cols[0] == 0:
         raise ValueError("a latent token cannot be the first token of a row")
     return cols
 
@@ -192,7 +189,8 @@ class Coconut(nn.Module):
         """Logits (B, S, V) of token ids ``idx`` (B, S).
 
         Args:
-            idx: Token ids; latent tokens at the same columns in every row.
+            idx: Token ids; rows left-padded so their first latents share a column
+                (`left_pad`); rows may hold different numbers of latents.
             document_ids: (B, S) 0 on padding, nonzero (1) on tokens; None without padding.
             return_hidden: Also return the final-norm hidden states (B, S, d_model).
         """
@@ -221,12 +219,14 @@ class Coconut(nn.Module):
         B, S = idx.shape
         embeds = self.lm.embed(idx)  # (B, S, d_model)
         cols = latent_columns(idx, self.latent_id) if self.recycle else []
+        is_latent = idx == self.latent_id  # (B, S)
         kv = self.lm.new_cache(B, S + extra_len) if cols or cache else None
         logits, hidden, start, thought = [], [], 0, None
         for end in [*cols, S]:
             chunk = embeds[:, start:end]  # (B, end - start, d_model)
-            if thought is not None:  # the latent at `start` takes the previous hidden state
-                chunk = torch.cat([thought[:, None], chunk[:, 1:]], dim=1)
+            if thought is not None:  # a latent at `start` takes the previous hidden state
+                first = torch.where(is_latent[:, start, None], thought, chunk[:, 0])
+                chunk = torch.cat([first[:, None], chunk[:, 1:]], dim=1)
             lg, h = self.lm.run(chunk, kv, start, mask)
             logits.append(lg)
             hidden.append(h)

@@ -23,7 +23,7 @@ def naive_latent_forward(
 
     Args:
         net: The Coconut model (its backbone and latent id are used, not its forward).
-        idx: (B, S) token ids with aligned latent tokens.
+        idx: (B, S) token ids (rows may hold different numbers of latents).
         document_ids: (B, S) 0 on padding, 1 on tokens, or None.
         detach: Cut the gradient through the recycled hidden states (what a forward that
             failed to backpropagate through its thoughts would compute; tests contrast it).
@@ -32,9 +32,11 @@ def naive_latent_forward(
     mask = None if document_ids is None or bool(document_ids.all()) else document_ids
     for col in latent_columns(idx, net.latent_id) if net.recycle else []:
         _, h = net.lm.run(embeds, None, 0, mask)  # recompute everything
+        rows = idx[:, col] == net.latent_id  # rows with a latent here (B,)
         keep = torch.ones_like(embeds)
-        keep[:, col] = 0
+        keep[rows, col] = 0
         filled = torch.zeros_like(embeds)
-        filled[:, col] = h[:, col - 1].detach() if detach else h[:, col - 1]
+        prev = h[:, col - 1].detach() if detach else h[:, col - 1]
+        filled[rows, col] = prev[rows]
         embeds = embeds * keep + filled  # out of place, so gradients reach every pass
     return net.lm.run(embeds, None, 0, mask)

@@ -67,6 +67,8 @@ class Config:
         n_layer, n_head, d_model: The core decoder trained from scratch.
         max_latent_stage, c_thought: The curriculum (the paper: 6 and 1).
         steps_per_stage, final_steps: Optimizer steps per stage and at the final stage.
+        uniform_prob: The reference's stage mixing (`Curriculum.uniform_prob`); 0 as in
+            its main runs.
         lr, batch_size, precision, warmup_steps, min_lr_ratio: Optimisation
             (`TrainSettings`).
         train_path, test_path: The reference's ProsQA JSON files, used instead of
@@ -90,6 +92,7 @@ class Config:
     c_thought: int = 1
     steps_per_stage: int = 60
     final_steps: int = 120
+    uniform_prob: float = 0.0
     lr: float = 2e-3
     batch_size: int = 32
     precision: str = "fp32"
@@ -123,7 +126,11 @@ class Config:
 
     def curriculum(self) -> Curriculum:
         return Curriculum(
-            self.max_latent_stage, self.c_thought, self.steps_per_stage, self.final_steps
+            self.max_latent_stage,
+            self.c_thought,
+            self.steps_per_stage,
+            self.final_steps,
+            self.uniform_prob,
         )
 
     def settings(self) -> TrainSettings:

@@ -25,6 +25,7 @@ from minirepro.papers.coconut.curriculum import (
     TokenizedRecord,
     check_method,
     collate,
+    mixed_stages,
     stage_example,
 )
 from minirepro.papers.coconut.latent import Coconut
@@ -119,7 +120,11 @@ def train_method(
         raise ValueError("no training records")
     history: list[dict[str, Any]] = []
     for i, (stage, steps) in enumerate(cur.schedule(method)):
-        examples = [stage_example(r, method, stage, cur, tok) for r in records]
+        at = [stage] * len(records)
+        if method in ("coconut", "pause"):  # the curriculum methods mix stages
+            g = torch.Generator().manual_seed(7919 * (seed + 1) + i)
+            at = mixed_stages(records, stage, cur, g)
+        examples = [stage_example(r, method, s, cur, tok) for r, s in zip(records, at)]
 
         def get_batch(step: int, g: torch.Generator, examples=examples):
             pick = torch.randint(len(examples), (settings.batch_size,), generator=g).tolist()
