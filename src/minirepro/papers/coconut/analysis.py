@@ -69,6 +69,11 @@ def _groups(record: dict[str, Any], tok: WordTokenizer, k: int) -> dict[str, lis
     return groups
 
 
+def _zeros(K: int) -> tuple[dict[str, torch.Tensor], ...]:
+    """Accumulators per class and thought: mass, per-node mass, records counted."""
+    return tuple({c: torch.zeros(K) for c in CLASSES} for _ in range(3))
+
+
 def _summarise(mass, per_node, counts, gold, n_gold, n: int, K: int, probe: str):
     return {
         "probe": probe,
@@ -133,9 +138,7 @@ def frontier_analysis(
         raise ValueError(f"step_prefix {step_prefix!r} is not in the tokenizer's vocabulary")
     thought = net.latent_id
     bot, eot = tok.token_to_id(BOT), tok.token_to_id(EOT)
-    mass = {g: torch.zeros(K) for g in CLASSES}
-    per_node = {g: torch.zeros(K) for g in CLASSES}
-    counts = {g: torch.zeros(K) for g in CLASSES}
+    mass, per_node, counts = _zeros(K)
     gold, n_gold = torch.zeros(K), torch.zeros(K)
     device = next(net.parameters()).device
     for lo in range(0, len(records), batch_size):
@@ -175,9 +178,7 @@ def thought_decode_analysis(
         raise ValueError("the thought decoding reads continuous thoughts; recycle is off")
     K = cur.n_thoughts
     _check(records, K, batch_size)
-    mass = {c: torch.zeros(K) for c in CLASSES}
-    per_node = {c: torch.zeros(K) for c in CLASSES}
-    counts = {c: torch.zeros(K) for c in CLASSES}
+    mass, per_node, counts = _zeros(K)
     device = next(net.parameters()).device
     for lo in range(0, len(records), batch_size):
         batch = records[lo : lo + batch_size]
