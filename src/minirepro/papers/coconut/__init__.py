@@ -16,6 +16,9 @@ Implemented here:
 - `latent`: `Coconut`, the multi-pass forward that feeds each latent position the previous
   final-norm hidden state while reusing the KV cache, for the core decoder and any
   transformers causal LM (same code path), and generation with a fixed number of thoughts;
+- `pretrained`: `add_thought_tokens` readies a user's pretrained transformers model and
+  tokenizer (the markers added as special tokens, new embedding rows copied from an existing
+  token's, as the reference does for GPT-2);
 - `reference`: the naive oracle that recomputes the whole sequence at every pass;
 - `curriculum`: stages, sequences and labels of Coconut, CoT, No-CoT, pause-as-thought and
   Coconut without curriculum;
@@ -62,6 +65,7 @@ from minirepro.papers.coconut.latent import (
     latent_columns,
     left_pad,
 )
+from minirepro.papers.coconut.pretrained import THOUGHT_TOKENS, add_thought_tokens
 from minirepro.papers.coconut.reference import naive_latent_forward
 from minirepro.papers.coconut.repro import CLAIMS, PAPER_ACCURACY, PRESETS, Config, run
 from minirepro.papers.coconut.training import TrainSettings, make_model, train_method
@@ -95,7 +99,9 @@ __all__ = [
     "Example",
     "HFBackbone",
     "TokenizedRecord",
+    "THOUGHT_TOKENS",
     "TrainSettings",
+    "add_thought_tokens",
     "as_backbone",
     "build_tokenizer",
     "collate",
