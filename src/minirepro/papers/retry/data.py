@@ -1,12 +1,14 @@
-"""Training documents for the retry experiments: error-free or retry solutions, packed into
-rows of a fixed length so that every variant trains on the same number of tokens.
+"""Training documents for the retry experiments: error-free or retry solutions, batched so
+that every variant trains on the same number of tokens.
 
 A document is ``<bos> problem <sep> solution <eos>``. The loss covers the solution and
 ``<eos>`` (the problem's facts are random draws, so predicting them teaches nothing; the
 paper pretrains on the whole text, see NOTES.md); with ``mask_errors`` the tokens of each
 wrong step (``Define <param> as``) are left out too, while ``[BACK]`` stays in.
 
-Rows are filled greedily with whole documents and padded *on the left*, so a model trained
+`bucket_batches` (what the reproduction uses) puts one whole document in each row and
+batches rows of similar length; `pack_rows` fills long rows with several whole documents.
+Either way rows are padded *on the left*, so a model trained
 on them has seen left padding and can be evaluated on a left-padded batch of prompts. Each
 row also gets its document ids (0 on the padding, 1, 2, ... on its documents): a model given
 them (``document_ids``, `minirepro.core.documents`) attends only within each document, so
